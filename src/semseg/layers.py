@@ -1,0 +1,66 @@
+"""Small building blocks shared by backbones and heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv2d -> BatchNorm2d (optional) -> activation (optional).
+
+    The conv has no bias when followed by BatchNorm: BN's shift makes it redundant.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        batch_norm: bool = True,
+        act: type[nn.Module] | None = nn.ReLU,
+    ) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+                groups=groups,
+                bias=not batch_norm,
+            )
+        ]
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        if act is not None:
+            layers.append(act(inplace=True) if act in (nn.ReLU, nn.ReLU6, nn.Hardswish) else act())
+        super().__init__(*layers)
+
+
+def resize_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Bilinearly resize ``x`` to the spatial size of ``ref`` (align_corners=False).
+
+    Taking the size from a tensor rather than Python ints keeps the graph exportable
+    with dynamic height and width.
+    """
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def pad_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Zero-pad ``x`` on the bottom/right so it matches ``ref``'s spatial size.
+
+    Used where an up-sampling step lands one pixel short of its skip connection
+    (odd input sizes): padding by a shape-derived amount, possibly 0, needs no
+    data-dependent branch and so traces and exports.
+    """
+    dh = ref.shape[-2] - x.shape[-2]
+    dw = ref.shape[-1] - x.shape[-1]
+    return F.pad(x, [0, dw, 0, dh])

@@ -1,0 +1,28 @@
+"""The contract every semseg model follows.
+
+``model(x)`` takes images ``(N, 3, H, W)`` and returns logits ``(N, C, H, W)`` at the
+input size, with no data-dependent Python branches, so it compiles and exports.
+
+Auxiliary outputs, used only for training, come from one place:
+``model.forward_train(x)`` returns ``{"out": logits, "aux": aux_logits}`` (``"aux"``
+only for models with an auxiliary head) and ``model.aux_weight`` is the weight the
+paper gives that loss (e.g. 0.4 for PSPNet).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SegmentationModel(nn.Module):
+    """Base class: subclasses implement :meth:`forward_train`; ``aux_weight`` is 0 without an aux head."""
+
+    aux_weight: float = 0.0
+
+    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Main logits and, where the model has one, auxiliary-head logits; all at input size."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_train(x)["out"]

@@ -1,0 +1,75 @@
+"""Model registry: one level of name -> typed builder lookup.
+
+A builder is a keyword-only function registered with :func:`register_model`; its
+name is the model's name. :func:`create_model` checks the options against the
+builder's signature so a typo fails loudly with the list of valid names, and it
+records ``name`` and options on the model so a checkpoint can rebuild it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+Builder = Callable[..., nn.Module]
+_B = TypeVar("_B", bound=Builder)
+_MODELS: dict[str, Builder] = {}
+
+
+def register_model(fn: _B) -> _B:
+    """Register ``fn`` under its own name (e.g. ``def unet(*, num_classes, ...)``)."""
+    name = fn.__name__
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is registered twice")
+    _MODELS[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    _import_models()
+    return sorted(_MODELS)
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """Options of model ``name`` with their defaults (``inspect.Parameter.empty`` if required)."""
+    builder = _get_builder(name)
+    return {p.name: p.default for p in inspect.signature(builder).parameters.values()}
+
+
+def create_model(name: str, *, num_classes: int, **options: Any) -> nn.Module:
+    """Build model ``name`` with ``num_classes`` outputs.
+
+    The returned module carries ``model.model_config`` (name, num_classes and every
+    option, defaults filled in) so that ``create_model(**model.model_config)`` rebuilds it.
+    """
+    builder = _get_builder(name)
+    params = inspect.signature(builder).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        valid = ", ".join(p for p in params if p != "num_classes")
+        raise TypeError(f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid options: {valid}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    model = builder(num_classes=num_classes, **options)
+    config = {"name": name}
+    for p in params.values():
+        config[p.name] = num_classes if p.name == "num_classes" else options.get(p.name, p.default)
+    model.model_config = config
+    return model
+
+
+def _get_builder(name: str) -> Builder:
+    _import_models()
+    try:
+        return _MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; available models: {', '.join(sorted(_MODELS))}") from None
+
+
+def _import_models() -> None:
+    # Importing the package runs every @register_model; done lazily to keep the
+    # registry free of import cycles.
+    import semseg.models  # noqa: F401
