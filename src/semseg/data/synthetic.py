@@ -22,9 +22,11 @@ from torch.utils.data import Dataset
 
 CLASSES = ("background", "disk", "square", "triangle", "cross")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200))
-# Means and stds of the generated images (measured over 2,000 images), used to normalise.
+# Per-channel mean and std of the generated images, used to normalise. Measured over
+# 2,000 images of seed 1000: (0.503, 0.493, 0.496) and (0.301, 0.299, 0.298); the
+# channels are symmetric by construction, so one rounded value serves all three.
 MEAN = (0.5, 0.5, 0.5)
-STD = (0.25, 0.25, 0.25)
+STD = (0.3, 0.3, 0.3)
 
 # Relative side length giving each class the same area for the same "size":
 # disk r; square side r*sqrt(pi); equilateral triangle side r*sqrt(4*pi/sqrt(3));

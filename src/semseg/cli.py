@@ -1,0 +1,88 @@
+"""The ``semseg`` command: each subcommand parses its arguments and calls library code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from semseg import __version__
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from semseg.demo import DemoConfig, run_demo
+
+    config = DemoConfig(epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, seed=args.seed)
+    result = run_demo(args.out, config, progress=not args.quiet)
+    print(f"val mIoU {result['mIoU']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f} "
+          f"in {result['seconds']:.0f} s; outputs in {args.out}/")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from semseg.profile import model_cost
+    from semseg.registry import list_models
+
+    h, w = args.size
+    print(f"{'model':<16}{'params (M)':>12}{f'GFLOPs @{h}x{w}':>18}")
+    for name in list_models():
+        cost = model_cost(name, num_classes=args.num_classes, size=(h, w))
+        print(f"{name:<16}{cost['params'] / 1e6:>12.2f}{cost['gflops']:>18.1f}")
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 512x512, got {text!r}") from None
+    if h < 32 or w < 32:
+        raise argparse.ArgumentTypeError(f"height and width must be >= 32, got {text!r}")
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="semseg", description="Semantic segmentation: train, evaluate, predict.")
+    parser.add_argument("--version", action="version", version=f"semseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="train a small U-Net on the built-in shapes dataset, evaluate and predict")
+    demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
+    demo.add_argument("--epochs", type=_positive_int, default=8)
+    demo.add_argument("--train-size", type=_positive_int, default=2000, help="training images (default: 2000)")
+    demo.add_argument("--val-size", type=_positive_int, default=200, help="validation images (default: 200)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
+
+    models = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
+    models.add_argument("--num-classes", type=_positive_int, default=21)
+    models.add_argument("--size", type=_size, default=(512, 512), help="input size for GFLOPs (default: 512x512)")
+    models.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for usage errors, 1 for failures)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"semseg {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"semseg {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,64 @@
+"""Self-describing weight files: safetensors tensors plus JSON metadata, written atomically.
+
+The metadata says how to rebuild the model (``model_config`` from :func:`semseg.create_model`)
+and how to pre/post-process (classes, palette, normalisation), so the file is all a
+predictor needs. safetensors never executes code on load, unlike a pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from semseg.registry import create_model
+
+
+def save_weights(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
+    """Write ``model``'s weights and ``metadata`` (JSON-serialisable values) to ``path``.
+
+    The file is written next to its destination and renamed into place, so a crash
+    mid-write leaves the previous file intact rather than a truncated one.
+    """
+    config = getattr(model, "model_config", None)
+    if config is None:
+        raise ValueError("model has no model_config; build it with semseg.create_model so it can be rebuilt")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"model_config": json.dumps(config)}
+    header.update({key: json.dumps(value) for key, value in metadata.items()})
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a file written by :func:`save_weights`, JSON values decoded."""
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    if "model_config" not in raw:
+        raise ValueError(f"{path} is not a semseg weight file: its metadata has no model_config")
+    return {key: json.loads(value) for key, value in raw.items()}
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in ``path`` and load its weights; returns ``(model, metadata)``."""
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    model = create_model(**meta["model_config"])
+    model.load_state_dict(load_file(str(path)))
+    return model, meta

@@ -1,0 +1,60 @@
+"""Pictures of segmentations: palette PNG masks, side-by-side panels, training curves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def palette_image(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
+    """A mode-"P" PIL image of the label map ``mask`` (H, W): pixel values are the class ids.
+
+    Viewers show the palette colours, while reading the PNG back gives the ids exactly.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"mask values must lie in 0..255 for a palette PNG, got {mask.min()}..{mask.max()}")
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    flat = [c for colour in palette for c in colour]
+    image.putpalette(flat + [0] * (768 - len(flat)))
+    return image
+
+
+def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_colour: Sequence[int] = (255, 255, 255)) -> np.ndarray:
+    """RGB (H, W, 3) uint8 rendering of a label map; ids without a palette entry get ``ignore_colour``."""
+    lut = np.tile(np.asarray(ignore_colour, dtype=np.uint8), (256, 1))
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[mask.astype(np.uint8)]
+
+
+def side_by_side(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
+    """One RGB image: input | ground truth | prediction, with a 4-pixel white gap between panels."""
+    gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
+    panels = [image, gap, colorize(truth, palette), gap, colorize(pred, palette)]
+    return Image.fromarray(np.concatenate(panels, axis=1))
+
+
+def plot_curves(history: Sequence[Mapping[str, float]], path: str | Path) -> Path:
+    """Plot every numeric series in ``history`` (one dict per epoch) against the epoch, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in history[0] if k != "epoch"]
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        ax.plot(epochs, [h[key] for h in history], marker="o")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,60 @@
+import subprocess
+import sys
+
+import pytest
+
+from semseg import __version__
+from semseg.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "semseg", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "demo" in result.stdout and "models" in result.stdout
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"semseg {__version__}"
+
+
+def test_unknown_command_is_a_usage_error():
+    result = run_cli("fly")
+    assert result.returncode == 2
+    assert "invalid choice: 'fly'" in result.stderr
+
+
+def test_bad_argument_value_names_the_argument(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--epochs", "zero"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --epochs: expected a positive integer, got 'zero'" in err
+
+
+def test_missing_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert "required: COMMAND" in capsys.readouterr().err
+
+
+def test_models_lists_params_and_gflops(capsys):
+    assert main(["models", "--size", "64x64"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("unet"))
+    params, gflops = (float(v) for v in row.split()[1:])
+    assert params == pytest.approx(31.04, abs=0.01)
+    assert gflops == pytest.approx(386.0 / 64, rel=0.01)  # FLOPs scale with pixels: 512^2 / 64^2 = 64
+
+
+def test_bad_size_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "--size", "16x16"])
+    assert exc.value.code == 2
+    assert "must be >= 32" in capsys.readouterr().err
