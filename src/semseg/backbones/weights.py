@@ -1,0 +1,117 @@
+"""Load ImageNet weights into a backbone from a local torchvision- or timm-named file.
+
+Nothing is downloaded: pass the path of a ``.pth``/``.pt`` (read with
+``weights_only=True``, so no pickled code runs) or ``.safetensors`` file. Classifier
+weights are dropped; everything else must match the backbone exactly, and a mismatch
+fails with the offending keys rather than leaving layers silently random.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from semseg.backbones.mobilenet import (
+    TIMM_BN_EPS,
+    TORCHVISION_BN_EPS,
+    MobileNetV3,
+    remap_timm_keys,
+    set_batch_norm_eps,
+)
+
+# Top-level modules that belong to the ImageNet classifier, not the trunk:
+# torchvision's fc (ResNet) and classifier (VGG, MobileNetV3); timm's head and
+# pre_logits (VGG), and conv_head/classifier (MobileNetV3, whose conv_head runs after
+# global pooling).
+_CLASSIFIER_MODULES = frozenset({"fc", "classifier", "head", "pre_logits", "conv_head"})
+_LIST_LIMIT = 10
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.pth``/``.pt`` or ``.safetensors``.
+
+    Accepts a bare state dict or a checkpoint holding one under ``"state_dict"`` or
+    ``"model"``, and strips the ``module.`` prefix that DataParallel/DDP leave behind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".pth", ".pt"):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    elif suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj = load_file(str(path))
+    else:
+        raise ValueError(f"unsupported weights file {path}: extension {suffix!r}, expected .pth, .pt or .safetensors")
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"{path} does not hold a state dict (a mapping of names to tensors), "
+            "nor one under 'state_dict' or 'model'"
+        )
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj
+
+
+def detect_naming(state_dict: dict[str, torch.Tensor]) -> str:
+    """``"timm"`` or ``"torchvision"``, from keys only timm uses.
+
+    timm's ResNets use torchvision's names, so they read as ``"torchvision"``, which
+    loads them correctly.
+    """
+    timm_markers = ("conv_stem.", "blocks.", "pre_logits.", "head.fc.", "conv_head.")
+    return "timm" if any(k.startswith(timm_markers) for k in state_dict) else "torchvision"
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
+    """Load ImageNet weights from ``path`` into ``backbone`` (torchvision or timm naming).
+
+    Raises ``ValueError`` naming the missing, unexpected and wrongly shaped keys if
+    the file does not fit. ``num_batches_tracked`` may be absent (older torchvision
+    files and many timm files lack it); the backbone's own value is kept then.
+    """
+    state_dict = read_state_dict(path)
+    naming = detect_naming(state_dict)
+    is_timm_mobilenet = naming == "timm" and isinstance(backbone, MobileNetV3)
+    if is_timm_mobilenet:
+        state_dict = remap_timm_keys(state_dict)
+    state_dict = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in _CLASSIFIER_MODULES}
+
+    own = backbone.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [
+        f"{k}: file {tuple(v.shape)} vs backbone {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        problems = [
+            _describe("missing key", missing),
+            _describe("unexpected key", unexpected),
+            _describe("shape mismatch", mismatched),
+        ]
+        raise ValueError(
+            f"weights in {path} ({naming} naming) do not fit {type(backbone).__name__}: "
+            + "; ".join(p for p in problems if p)
+        )
+    backbone.load_state_dict({**own, **state_dict})
+    if isinstance(backbone, MobileNetV3):
+        set_batch_norm_eps(backbone, TIMM_BN_EPS if is_timm_mobilenet else TORCHVISION_BN_EPS)
+
+
+def _describe(what: str, items: list[str]) -> str:
+    if not items:
+        return ""
+    shown = ", ".join(items[:_LIST_LIMIT])
+    more = f", ... ({len(items) - _LIST_LIMIT} more)" if len(items) > _LIST_LIMIT else ""
+    return f"{len(items)} {what}(s): {shown}{more}"
