@@ -24,6 +24,7 @@ def test_model_config_rebuilds_the_same_architecture():
     model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2)
     assert model.model_config == {
         "name": "unet", "num_classes": 3, "backbone": "none", "base_channels": 4, "depth": 2, "batch_norm": True,
+        "backbone_weights": None,
     }
     clone = semseg.create_model(**model.model_config)
     assert [(k, v.shape) for k, v in clone.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]
@@ -31,3 +32,10 @@ def test_model_config_rebuilds_the_same_architecture():
 
 def test_model_options_reports_defaults():
     assert semseg.model_options("unet")["base_channels"] == 64
+
+
+def test_model_backbones_default_first():
+    from semseg.registry import model_backbones
+
+    assert model_backbones("unet") == ("none", "resnet18", "resnet34", "resnet50")
+    assert model_backbones("segnet") == ()

@@ -21,12 +21,12 @@ def test_sample_shapes_dtypes_and_label_range():
     ds = SyntheticShapes(20, seed=1)
     for i in range(len(ds)):
         image, mask = ds.raw(i)
-        assert image.shape == (64, 64, 3) and image.dtype == np.uint8
-        assert mask.shape == (64, 64) and mask.dtype == np.int64
+        assert image.shape == (48, 48, 3) and image.dtype == np.uint8
+        assert mask.shape == (48, 48) and mask.dtype == np.int64
         assert mask.min() >= 0 and mask.max() < len(CLASSES)
     x, y = ds[0]
-    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
-    assert y.shape == (64, 64) and y.dtype == torch.int64
+    assert x.shape == (3, 48, 48) and x.dtype == torch.float32
+    assert y.shape == (48, 48) and y.dtype == torch.int64
 
 
 def test_config_size_is_honoured():

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from semseg import __version__
+from semseg.demo import DemoConfig, run_demo
 
 
 def _positive_int(text: str) -> int:
@@ -20,8 +21,6 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from semseg.demo import DemoConfig, run_demo
-
     config = DemoConfig(epochs=args.epochs, train_size=args.train_size, val_size=args.val_size, seed=args.seed)
     result = run_demo(args.out, config, progress=not args.quiet)
     print(f"val mIoU {result['mIoU']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f} "
@@ -57,12 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"semseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    defaults = DemoConfig()
     demo = sub.add_parser("demo", help="train a small U-Net on the built-in shapes dataset, evaluate and predict")
     demo.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    demo.add_argument("--epochs", type=_positive_int, default=8)
-    demo.add_argument("--train-size", type=_positive_int, default=2000, help="training images (default: 2000)")
-    demo.add_argument("--val-size", type=_positive_int, default=200, help="validation images (default: 200)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help=f"default: {defaults.epochs}")
+    demo.add_argument("--train-size", type=_positive_int, default=defaults.train_size,
+                      help=f"training images (default: {defaults.train_size})")
+    demo.add_argument("--val-size", type=_positive_int, default=defaults.val_size,
+                      help=f"validation images (default: {defaults.val_size})")
+    demo.add_argument("--seed", type=int, default=defaults.seed, help=f"default: {defaults.seed}")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 

@@ -29,14 +29,16 @@ from semseg.visualize import palette_image, plot_curves, side_by_side
 class DemoConfig:
     """What the demo trains; the defaults reach >= 0.85 val mIoU in about 3 minutes on 2 CPU cores."""
 
-    epochs: int = 8
-    train_size: int = 2000
+    epochs: int = 14
+    train_size: int = 4000
     val_size: int = 200
     predict_size: int = 8
-    batch_size: int = 16
-    lr: float = 3e-3
+    batch_size: int = 64
+    lr: float = 1e-2
     weight_decay: float = 1e-4
-    base_channels: int = 16
+    # 8 base channels (0.49M parameters) learn the shapes as well as wider nets would in
+    # this budget and train ~2x faster than 16 on a CPU; see docs/benchmarks.md.
+    base_channels: int = 8
     seed: int = 0
 
 
@@ -55,7 +57,8 @@ def _batches(images: torch.Tensor, masks: torch.Tensor, batch_size: int, generat
     order = torch.randperm(len(images), generator=generator) if generator is not None else torch.arange(len(images))
     for start in range(0, len(images), batch_size):
         idx = order[start : start + batch_size]
-        x, y = images[idx], masks[idx]
+        # channels_last lets oneDNN pick its fastest CPU conv kernels (~1.3x here).
+        x, y = images[idx].contiguous(memory_format=torch.channels_last), masks[idx]
         if generator is not None:
             k = int(torch.randint(4, (1,), generator=generator))
             x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
@@ -79,6 +82,7 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
     val_x, val_y = _materialise(val_set)
 
     model = create_model("unet", num_classes=len(classes), base_channels=config.base_channels)
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(config.train_size / config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps, pct_start=0.15)

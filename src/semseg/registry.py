@@ -9,6 +9,7 @@ records ``name`` and options on the model so a checkpoint can rebuild it.
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any, Callable, TypeVar
 
 from torch import nn
@@ -37,6 +38,24 @@ def model_options(name: str) -> dict[str, Any]:
     """Options of model ``name`` with their defaults (``inspect.Parameter.empty`` if required)."""
     builder = _get_builder(name)
     return {p.name: p.default for p in inspect.signature(builder).parameters.values()}
+
+
+def model_backbones(name: str) -> tuple[str, ...]:
+    """Valid ``backbone`` values of model ``name``, default first; ``()`` if it has no such option.
+
+    Read from the builder's ``backbone: Literal[...]`` annotation, the one place they are listed.
+    """
+    builder = _get_builder(name)
+    hint = typing.get_type_hints(builder).get("backbone")
+    if hint is None:
+        return ()
+    default = inspect.signature(builder).parameters["backbone"].default
+    return (default, *(b for b in typing.get_args(hint) if b != default))
+
+
+def get_builder(name: str) -> Builder:
+    """The typed builder function registered as ``name`` (for its signature and annotations)."""
+    return _get_builder(name)
 
 
 def create_model(name: str, *, num_classes: int, **options: Any) -> nn.Module:

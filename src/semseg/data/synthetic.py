@@ -39,11 +39,11 @@ _CROSS_A = math.sqrt(math.pi / (8 / 3 - 4 / 9))
 class ShapesConfig:
     """Knobs of the generator; the defaults are what the demo trains on."""
 
-    size: int = 64
+    size: int = 48
     min_objects: int = 2
     max_objects: int = 4
-    min_radius: float = 0.11  # object "radius" as a fraction of the image side
-    max_radius: float = 0.2
+    min_radius: float = 0.17  # object "radius" as a fraction of the image side
+    max_radius: float = 0.28
     noise_std: float = 0.04
     min_contrast: float = 0.3  # min RGB distance between an object's colour and the background's
     max_occlusion: float = 0.4  # largest fraction of an object that later objects may cover

@@ -1,0 +1,70 @@
+"""Parameter counts against the papers and torchvision, measured on the meta device (no memory, no init cost).
+
+torchvision's published ``num_params`` are for its COCO-with-VOC-labels checkpoints,
+which are built with ``aux_loss=True`` (21 classes) — except LR-ASPP, which has no
+auxiliary head. Without the aux head subtract FCNHead(1024, 21) = 2,365,205
+(ResNet) or FCNHead(40, 21) = 3,851 (MobileNetV3).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import semseg
+from semseg.profile import count_params
+
+
+def params(name: str, **options) -> int:
+    with torch.device("meta"):
+        return count_params(semseg.create_model(name, **options))
+
+
+# Exact: torchvision's meta["num_params"] for the same architecture.
+TORCHVISION_EXACT = [
+    ("fcn", {"backbone": "resnet50", "aux": True}, 35_322_218),  # fcn_resnet50
+    ("fcn", {"backbone": "resnet101", "aux": True}, 54_314_346),  # fcn_resnet101
+    ("deeplabv3", {"backbone": "resnet50", "aux": True}, 42_004_074),  # deeplabv3_resnet50
+    ("deeplabv3", {"backbone": "resnet101", "aux": True}, 60_996_202),  # deeplabv3_resnet101
+    ("deeplabv3", {"backbone": "mobilenet_v3_large", "aux": True}, 11_029_328),  # deeplabv3_mobilenet_v3_large
+    ("lraspp", {}, 3_221_538),  # lraspp_mobilenet_v3_large
+    # The same models without their aux heads.
+    ("fcn", {"backbone": "resnet50"}, 35_322_218 - 2_365_205),
+    ("deeplabv3", {"backbone": "resnet50"}, 42_004_074 - 2_365_205),
+    ("deeplabv3", {"backbone": "mobilenet_v3_large"}, 11_029_328 - 3_851),
+]
+
+
+@pytest.mark.parametrize(("name", "options", "expected"), TORCHVISION_EXACT)
+def test_torchvision_parameter_counts_exactly(name, options, expected):
+    assert params(name, num_classes=21, **options) == expected
+
+
+# Approximate: the papers' reported sizes (21 classes, no aux head), within 2%.
+PAPER_APPROX = [
+    ("fcn8s", {}, 134.3e6),  # Long et al.: FCN-8s VGG16 ~134M
+    ("segnet", {}, 29.4e6),  # Badrinarayanan et al.: ~29.5M
+    ("unet", {"num_classes": 2, "batch_norm": False}, 31.0e6),  # Ronneberger et al. with 'same' convs
+]
+
+
+@pytest.mark.parametrize(("name", "options", "expected"), PAPER_APPROX)
+def test_paper_parameter_counts(name, options, expected):
+    options = {"num_classes": 21, **options}
+    assert params(name, **options) == pytest.approx(expected, rel=0.02)
+
+
+def test_fcn_variants_differ_only_by_their_skip_and_upsampling_layers():
+    base = params("fcn32s", num_classes=21)
+    # score_pool4 (512*21 + 21) + a per-class 4x4 upscore2 - (upscore 64x64 -> upscore16 32x32)
+    assert params("fcn16s", num_classes=21) - base == 10_773 + 21 * 16 - 21 * (64 * 64 - 32 * 32)
+    assert params("fcn8s", num_classes=21) - params("fcn16s", num_classes=21) == (
+        5_397 + 21 * 16 - 21 * (32 * 32 - 16 * 16)
+    )
+
+
+def test_pspnet_resnet50_head_size():
+    # Pyramid: 4 x (2048*512 + BN 1024); 3x3 conv 4096 -> 512 + BN; classifier 512*21 + 21.
+    head = 4 * (2048 * 512 + 1024) + 4096 * 512 * 9 + 1024 + 512 * 21 + 21
+    resnet50_trunk = 23_508_032
+    assert params("pspnet", num_classes=21, aux=False) == resnet50_trunk + head
