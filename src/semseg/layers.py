@@ -64,3 +64,16 @@ def pad_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     dh = ref.shape[-2] - x.shape[-2]
     dw = ref.shape[-1] - x.shape[-1]
     return F.pad(x, [0, dw, 0, dh])
+
+
+def max_unpool(x: torch.Tensor, indices: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """``nn.MaxUnpool2d`` for a non-overlapping max-pool: each value back at its argmax in a ``size`` map, zeros elsewhere.
+
+    Written as one scatter into a zero map of the pre-pool size, because ``MaxUnpool2d``
+    with ``output_size`` checks the size with Python branches that neither trace nor
+    export to ONNX with dynamic height and width. ``indices`` are those of
+    ``max_pool2d(..., return_indices=True)``: flat positions in the pre-pool plane.
+    """
+    n, c = x.shape[:2]
+    out = x.new_zeros(n, c, size[0], size[1]).flatten(2)
+    return out.scatter(2, indices.flatten(2), x.flatten(2)).view(n, c, size[0], size[1])

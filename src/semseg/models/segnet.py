@@ -6,8 +6,9 @@ The encoder is VGG16-BN's 13 convolutions; each 2x2 max-pool remembers *where* i
 maxima were (``return_indices=True``). The decoder mirrors the encoder: it unpools
 with those indices — placing each value back at its argmax and zeros elsewhere, so
 boundaries stay sharp without storing whole encoder maps as U-Net does — and densifies
-the sparse maps with conv-BN-ReLU stacks. Unpooling to the recorded pre-pool size
-(``output_size``) makes odd sizes work: a 97-row map pooled to 48 unpools back to 97.
+the sparse maps with conv-BN-ReLU stacks. Unpooling to the recorded pre-pool size makes
+odd sizes work: a 97-row map pooled to 48 unpools back to 97 (see
+:func:`semseg.layers.max_unpool`, which also keeps the model exportable).
 
 SegNet-Basic, the paper's smaller model for its analysis, has four encoder and four
 decoder stages of 64 channels with 7x7 convolutions; as in the authors' SegNet-Basic
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from semseg.backbones import VGG, load_backbone_weights, vgg16_bn
-from semseg.layers import ConvBNAct
+from semseg.layers import ConvBNAct, max_unpool
 from semseg.models.base import SegmentationModel
 from semseg.registry import register_model
 
@@ -38,7 +39,6 @@ class SegNet(SegmentationModel):
         super().__init__()
         self.backbone = backbone
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
-        self.unpool = nn.MaxUnpool2d(2, stride=2)
         # Encoder stage widths and conv counts, read off the backbone: (64, 2), (128, 2), (256, 3), ...
         stages = [
             (info.channels, sum(isinstance(m, nn.Conv2d) for m in backbone.features[start:pool]))
@@ -63,7 +63,7 @@ class SegNet(SegmentationModel):
             x, index = self.pool(x)
             indices.append(index)
         for block, size, index in zip(self.decoder, reversed(sizes), reversed(indices)):
-            x = block(self.unpool(x, index, output_size=size))
+            x = block(max_unpool(x, index, size))
         return {"out": self.classifier(x)}
 
 
@@ -77,7 +77,6 @@ class SegNetBasic(SegmentationModel):
         )
         self.decoder = nn.ModuleList(ConvBNAct(channels, channels, 7, act=None) for _ in range(depth))
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
-        self.unpool = nn.MaxUnpool2d(2, stride=2)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -88,7 +87,7 @@ class SegNetBasic(SegmentationModel):
             x, index = self.pool(x)
             indices.append(index)
         for conv, size, index in zip(self.decoder, reversed(sizes), reversed(indices)):
-            x = conv(self.unpool(x, index, output_size=size))
+            x = conv(max_unpool(x, index, size))
         return {"out": self.classifier(x)}
 
 
