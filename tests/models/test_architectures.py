@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import semseg
+from semseg.layers import max_unpool
 
 
 def meta(name: str, **options) -> nn.Module:
@@ -35,8 +36,10 @@ def test_segnet_unpools_to_the_argmax_positions():
     model = semseg.create_model("segnet_basic", num_classes=2).eval()
     x = torch.randn(1, 64, 7, 9)
     pooled, index = model.pool(x)
-    restored = model.unpool(pooled, index, output_size=x.shape[-2:])
+    restored = max_unpool(pooled, index, x.shape[-2:])
     assert restored.shape == x.shape
+    kept = restored != 0
+    assert torch.equal(restored[kept], x[kept])  # each maximum back where it was
     assert (restored != 0).sum() == pooled.numel()  # sparse: one value per 2x2 window
 
 
