@@ -1,6 +1,8 @@
-"""Shared fixtures: the built-in shapes dataset at test-friendly sizes."""
+"""Shared fixtures: single-threaded, seeded torch and the built-in shapes dataset at test sizes."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -9,8 +11,15 @@ from semseg.data.synthetic import ShapesConfig, SyntheticShapes
 
 
 @pytest.fixture(autouse=True)
-def _deterministic() -> None:
+def _deterministic() -> Iterator[None]:
+    # One thread: the tests' tensors are tiny, so intra-op threads only add
+    # synchronisation, and on a busy 2-core CI machine OpenMP's spin-waiting threads
+    # made the same forwards ~50x slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture

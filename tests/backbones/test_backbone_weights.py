@@ -216,7 +216,7 @@ def test_mismatch_names_missing_and_unexpected_keys(tmp_path: Path) -> None:
     message = str(info.value)
     assert "1 missing key(s): layer1.0.conv1.weight" in message
     assert "1 unexpected key(s): layer5.0.conv1.weight" in message
-    assert "conv1.weight: file (64, 3, 3, 3) vs backbone (64, 3, 7, 7)" in message
+    assert "conv1.weight: loaded (64, 3, 3, 3) vs model (64, 3, 7, 7)" in message
     assert "ResNet" in message
     _assert_loaded(backbone, before)  # nothing was half-loaded
 

@@ -1,4 +1,4 @@
-"""Shared setup for the model tests: single-threaded torch, tiny configurations, ``--update-golden``.
+"""Shared setup for the model tests: tiny configurations, ``--update-golden``.
 
 Regenerate the golden outputs (after an intended change to a model's initialisation
 or computation) with::
@@ -8,11 +8,9 @@ or computation) with::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import torch
 
 # Small-but-real configurations for the tests that run every registered model; models
 # not listed run with their defaults, so a new model is covered the day it is registered.
@@ -36,15 +34,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="rewrite tests/models/golden.json from the current models instead of comparing",
     )
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    # Tiny tensors: intra-op threads only add synchronisation (see tests/backbones).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_options(name: str) -> dict[str, Any]:

@@ -206,7 +206,7 @@ def test_mismatches_are_listed():
     with pytest.raises(ValueError, match=listed):
         load_torchvision_segmentation(model, state)
     lraspp_21 = random_state_dict(CHECKPOINTS["lraspp_mobilenet_v3_large"][2])
-    shapes_listed = r"4 shape mismatch\(s\): classifier.low_classifier.weight: checkpoint \(21, 40, 1, 1\) vs model"
+    shapes_listed = r"4 shape mismatch\(s\): classifier.low_classifier.weight: loaded \(21, 40, 1, 1\) vs model"
     with pytest.raises(ValueError, match=shapes_listed):
         load_torchvision_segmentation(semseg.create_model("lraspp", num_classes=3), lraspp_21)
     no_aux = {k: torch.zeros(v) for k, v in shapes.items() if not k.startswith("aux_classifier.")}

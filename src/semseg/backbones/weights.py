@@ -86,11 +86,23 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
         state_dict = remap_timm_keys(state_dict)
     state_dict = {k: v for k, v in state_dict.items() if k.split(".", 1)[0] not in _CLASSIFIER_MODULES}
 
-    own = backbone.state_dict()
+    load_checked(backbone, state_dict, f"weights in {path} ({naming} naming)")
+    if isinstance(backbone, MobileNetV3):
+        set_batch_norm_eps(backbone, TIMM_BN_EPS if is_timm_mobilenet else TORCHVISION_BN_EPS)
+
+
+def load_checked(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``module`` only if every key and shape fits; else a ``ValueError`` naming them.
+
+    ``source`` says where the weights came from, for the message. Only BatchNorm's
+    ``num_batches_tracked`` may be absent (older torchvision and many timm files lack
+    it); the module keeps its own value then.
+    """
+    own = module.state_dict()
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [
-        f"{k}: file {tuple(v.shape)} vs backbone {tuple(own[k].shape)}"
+        f"{k}: loaded {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in state_dict.items()
         if k in own and v.shape != own[k].shape
     ]
@@ -101,12 +113,9 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
             _describe("shape mismatch", mismatched),
         ]
         raise ValueError(
-            f"weights in {path} ({naming} naming) do not fit {type(backbone).__name__}: "
-            + "; ".join(p for p in problems if p)
+            f"{source} do not fit {type(module).__name__}: " + "; ".join(p for p in problems if p)
         )
-    backbone.load_state_dict({**own, **state_dict})
-    if isinstance(backbone, MobileNetV3):
-        set_batch_norm_eps(backbone, TIMM_BN_EPS if is_timm_mobilenet else TORCHVISION_BN_EPS)
+    module.load_state_dict({**own, **state_dict})
 
 
 def _describe(what: str, items: list[str]) -> str:

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from semseg.backbones import MobileNetV3, read_state_dict
+from semseg.backbones.weights import load_checked
 
-_LIST_LIMIT = 10
 _MOBILENET_KEY = re.compile(r"^backbone\.(\d+)\.")
 
 
@@ -47,30 +47,5 @@ def load_torchvision_segmentation(model: nn.Module, weights: str | Path | Mappin
     if getattr(model, "aux_classifier", None) is None:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("aux_classifier.")}
 
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        problems = [
-            _describe("missing key", missing),
-            _describe("unexpected key", unexpected),
-            _describe("shape mismatch", mismatched),
-        ]
-        raise ValueError(
-            f"torchvision weights in {source} do not fit {type(model).__name__}: "
-            + "; ".join(p for p in problems if p)
-        )
-    model.load_state_dict({**own, **state_dict})
+    load_checked(model, state_dict, f"torchvision weights in {source}")
 
-
-def _describe(what: str, items: list[str]) -> str:
-    if not items:
-        return ""
-    shown = ", ".join(items[:_LIST_LIMIT])
-    more = f", ... ({len(items) - _LIST_LIMIT} more)" if len(items) > _LIST_LIMIT else ""
-    return f"{len(items)} {what}(s): {shown}{more}"
