@@ -1,0 +1,211 @@
+"""Typed training configs: dataclasses, loaded from YAML with dotted command-line overrides.
+
+A recipe is a flat YAML file whose sections mirror :class:`TrainConfig`; an optional
+``base:`` names one other recipe to start from (relative to the file). Overrides such as
+``--optim.lr=0.01`` are parsed as YAML values. Unknown keys and values of the wrong
+type fail with the key's full dotted name and what was expected, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    """Arguments of :func:`semseg.create_model` (``num_classes`` comes from the dataset)."""
+
+    name: str = "unet"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, which splits, and the training crops."""
+
+    dataset: str = "shapes"
+    root: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: list[int] | None = None  # [H, W]; None trains on whole images
+    scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    batch_size: int = 8
+    val_batch_size: int = 1
+    workers: int = 2
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and LR schedule: SGD + poly as the papers, or AdamW + cosine."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    power: float = 0.9
+    warmup_steps: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Main loss; ``dice_weight`` > 0 adds that much Dice loss to it."""
+
+    name: Literal["ce", "ohem", "focal", "dice", "lovasz"] = "ce"
+    class_weights: list[float] | None = None
+    label_smoothing: float = 0.0
+    dice_weight: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``semseg train`` needs; ``out`` receives checkpoints, logs and plots."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    epochs: int = 10
+    seed: int = 0
+    out: str = "runs/experiment"
+    device: str = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    grad_accum: int = 1
+    clip_grad_norm: float | None = None
+    max_nonfinite: int = 10
+    ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        positive = {
+            "epochs": self.epochs, "grad_accum": self.grad_accum, "data.batch_size": self.data.batch_size,
+            "data.val_batch_size": self.data.val_batch_size, "optim.lr": self.optim.lr,
+        }  # fmt: skip
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.data.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.data.workers}")
+        if self.data.crop_size is not None and (len(self.data.crop_size) != 2 or min(self.data.crop_size) < 32):
+            raise ConfigError(f"data.crop_size must be [H, W] with both >= 32, got {self.data.crop_size}")
+        if len(self.data.scale) != 2 or not 0 < self.data.scale[0] <= self.data.scale[1]:
+            raise ConfigError(f"data.scale must be [min, max] with 0 < min <= max, got {self.data.scale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-serialisable), e.g. to store in a checkpoint."""
+        return asdict(self)
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the dotted key."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read ``path`` (following one ``base:``), apply ``key.sub=value`` overrides, validate."""
+    raw = _read_yaml(Path(path)) if path is not None else {}
+    for item in overrides:
+        key, sep, value = item.removeprefix("--").partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form --key.sub=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(value)
+    return from_dict(TrainConfig, raw)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The recipe at ``path`` merged over its ``base:`` recipe, if it names one."""
+    data = _read_mapping(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    parent = _read_mapping((path.parent / base).resolve())
+    if "base" in parent:
+        raise ConfigError(f"{path}: its base {base} has a base of its own; one level of base: only")
+    return _merge(parent, data)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, checking every key and value type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; valid keys: "
+                          f"{', '.join(prefix + k for k in fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {name: _coerce(hints[name], value, prefix + name) for name, value in data.items()}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """``value`` checked against ``hint`` (ints accepted for floats); nested dataclasses built."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        # PyYAML reads "1e-4" (no dot) as a string: YAML 1.1's float needs one.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
