@@ -50,11 +50,12 @@ def test_saved_model_reloads_with_its_classes(demo_run):
     assert model.model_config["base_channels"] == 4
 
 
-def test_same_seed_same_result(tmp_path, demo_run):
-    _, first = demo_run
-    config = DemoConfig(epochs=2, train_size=48, val_size=16, predict_size=3, batch_size=16, base_channels=4)
-    again = run_demo(tmp_path, config, progress=False)
+def test_same_seed_same_result(tmp_path):
+    config = DemoConfig(epochs=2, train_size=48, val_size=16, predict_size=1, batch_size=16, base_channels=4)
+    first = run_demo(tmp_path / "a", config, progress=False)
+    again = run_demo(tmp_path / "b", config, progress=False)
     assert again["history"] == first["history"]
+    assert (tmp_path / "a" / "masks" / "000.png").read_bytes() == (tmp_path / "b" / "masks" / "000.png").read_bytes()
 
 
 def test_training_learns_on_a_short_run(tmp_path):

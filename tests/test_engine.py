@@ -39,15 +39,44 @@ def test_train_one_epoch_lowers_the_loss(tiny_shapes):
 
 
 def test_training_loss_adds_the_weighted_aux_loss():
-    model = semseg.create_model("pspnet", num_classes=3, backbone="resnet18").train()
-    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
-    torch.manual_seed(1)
-    loss = training_loss(model, x, y, F.cross_entropy)
-    torch.manual_seed(1)  # same dropout masks
-    out = model.forward_train(x)
+    out = {"out": torch.randn(2, 3, 4, 4), "aux": torch.randn(2, 3, 4, 4)}
+    y = torch.randint(0, 3, (2, 4, 4))
     expected = F.cross_entropy(out["out"], y) + 0.4 * F.cross_entropy(out["aux"], y)
+    assert training_loss(out, y, F.cross_entropy, 0.4).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert training_loss({"out": out["out"]}, y, F.cross_entropy, 0.4) == F.cross_entropy(out["out"], y)
+
+
+def test_pspnet_trains_with_its_aux_head():
+    model = semseg.create_model("pspnet", num_classes=3, backbone="resnet18")
     assert model.aux_weight == 0.4
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    data = [(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    aux_before = model.aux_classifier[0].weight.clone()
+    train_one_epoch(model, data, optimizer, F.cross_entropy, progress=False)
+    assert not torch.equal(model.aux_classifier[0].weight, aux_before)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    data = [(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))) for _ in range(2)]
+    big = [(torch.cat([data[0][0], data[1][0]]), torch.cat([data[0][1], data[1][1]]))]
+    results = []
+    for batches, accum in [(data, 2), (big, 1)]:
+        torch.manual_seed(0)
+        model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2, batch_norm=False)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        train_one_epoch(model, batches, optimizer, F.cross_entropy, grad_accum=accum, progress=False)
+        results.append(model.state_dict())
+    for key in results[0]:
+        torch.testing.assert_close(results[0][key], results[1][key], rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_shapes):
+    model = semseg.create_model("unet", num_classes=5, base_channels=4, depth=2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    stats = train_one_epoch(model, batches(tiny_shapes), optimizer, F.cross_entropy, amp="bf16", progress=False)
+    assert stats["loss"] > 0 and stats["skipped"] == 0
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        train_one_epoch(model, batches(tiny_shapes), optimizer, F.cross_entropy, amp="fp16", progress=False)
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tiny_shapes):
@@ -57,5 +86,21 @@ def test_non_finite_loss_stops_with_a_clear_message(tiny_shapes):
     def nan_loss(logits, target):
         return F.cross_entropy(logits, target) * float("nan")
 
-    with pytest.raises(FloatingPointError, match="lower the learning rate"):
-        train_one_epoch(model, batches(tiny_shapes), optimizer, nan_loss, progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="not finite for 2 batches in a row .* lower the learning rate"):
+        train_one_epoch(model, batches(tiny_shapes), optimizer, nan_loss, max_nonfinite=2, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k)
+
+
+def test_a_few_non_finite_batches_are_skipped_and_counted(tiny_shapes):
+    model = semseg.create_model("unet", num_classes=5, base_channels=4, depth=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = []
+
+    def sometimes_nan(logits, target):
+        calls.append(1)
+        loss = F.cross_entropy(logits, target)
+        return loss * float("nan") if len(calls) == 1 else loss
+
+    stats = train_one_epoch(model, batches(tiny_shapes), optimizer, sometimes_nan, progress=False)
+    assert stats["skipped"] == 1 and stats["loss"] > 0

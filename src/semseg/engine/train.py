@@ -6,23 +6,52 @@ bottom and these pieces can be called from anyone else's loop.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def training_loss(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: LossFn) -> torch.Tensor:
-    """Main loss plus ``model.aux_weight`` times the auxiliary-head loss, where the model has one."""
-    outputs = model.forward_train(images)
+class TrainForward(nn.Module):
+    """Makes ``forward`` return ``model.forward_train(x)`` (logits and aux logits).
+
+    DistributedDataParallel synchronises gradients only for what goes through the wrapped
+    module's ``forward``, so the training outputs must come from ``forward``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.forward_train(x)
+
+
+def training_loss(
+    outputs: dict[str, torch.Tensor], masks: torch.Tensor, loss_fn: LossFn, aux_weight: float = 0.0
+) -> torch.Tensor:
+    """Main loss plus ``aux_weight`` times the auxiliary-head loss, where there is one."""
     loss = loss_fn(outputs["out"], masks)
     if "aux" in outputs:
-        loss = loss + model.aux_weight * loss_fn(outputs["aux"], masks)
+        loss = loss + aux_weight * loss_fn(outputs["aux"], masks)
     return loss
+
+
+def autocast(device: torch.device | str, amp: str) -> contextlib.AbstractContextManager:
+    """Autocast context for ``amp`` = "none" | "bf16" | "fp16" (fp16 only on CUDA)."""
+    device_type = torch.device(device).type
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device_type != "cuda":
+        raise ValueError("amp='fp16' needs a CUDA device; use amp='bf16' on the CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def train_one_epoch(
@@ -33,30 +62,65 @@ def train_one_epoch(
     *,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     device: torch.device | str = "cpu",
+    amp: str = "none",
+    scaler: torch.amp.GradScaler | None = None,
+    grad_accum: int = 1,
+    clip_grad_norm: float | None = None,
+    max_nonfinite: int = 10,
     desc: str = "train",
     progress: bool = True,
 ) -> dict[str, float]:
-    """One pass over ``batches``; steps ``scheduler`` once per batch.
+    """One pass over ``batches``; an optimizer (and ``scheduler``) step every ``grad_accum`` batches.
 
-    Returns the mean loss (weighted by batch size) and the throughput in images/s.
+    ``model`` is a :class:`SegmentationModel`, or a :class:`TrainForward` (possibly inside
+    DistributedDataParallel) around one. A batch whose loss is not finite is skipped and
+    counted; ``max_nonfinite`` of them in a row stop training with ``FloatingPointError``.
+    Returns the mean loss of the finite batches, images/s and the number skipped.
     """
-    model.train()
-    total, seen = 0.0, 0
+    net = model if isinstance(model, (TrainForward, DistributedDataParallel)) else TrainForward(model)
+    aux_weight = (net.module if isinstance(net, DistributedDataParallel) else net).model.aux_weight
+    net.train()
+    total, seen, skipped, in_a_row = 0.0, 0, 0, 0
     start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
     bar = tqdm(batches, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
-    for images, masks in bar:
+    for i, (images, masks) in enumerate(bar):
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        loss = training_loss(model, images, masks, loss_fn)
+        with autocast(device, amp):
+            loss = training_loss(net(images), masks, loss_fn, aux_weight)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at batch {seen // len(images)}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+            skipped += 1
+            in_a_row += 1
+            optimizer.zero_grad(set_to_none=True)
+            if in_a_row >= max_nonfinite:
+                raise FloatingPointError(
+                    f"the loss was not finite for {in_a_row} batches in a row (last: {loss.item()}); "
+                    "lower the learning rate, enable clip_grad_norm, or check the data for corrupt labels"
+                )
+            continue
+        in_a_row = 0
+        scaled = loss / grad_accum
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if (i + 1) % grad_accum == 0:
+            _step(net, optimizer, scaler, clip_grad_norm)
+            if scheduler is not None:
+                scheduler.step()
         total += loss.item() * len(images)
         seen += len(images)
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{total / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{seen / elapsed:.0f}")
     elapsed = time.perf_counter() - start
-    return {"loss": total / max(seen, 1), "images_per_s": seen / elapsed if elapsed > 0 else 0.0}
+    return {"loss": total / max(seen, 1), "images_per_s": seen / elapsed if elapsed > 0 else 0.0, "skipped": skipped}
+
+
+def _step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, clip: float | None) -> None:
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
