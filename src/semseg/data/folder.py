@@ -1,0 +1,94 @@
+"""Your own data: a folder of images and a folder of masks, paired by file name."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from semseg.data.base import IMAGE_SUFFIXES, MaskDecoder, PairedDataset, Transform, list_some
+
+
+def _by_stem(folder: Path, strip: str = "") -> dict[str, Path]:
+    """Image files in ``folder`` keyed by stem (minus the suffix ``strip``); duplicate stems are an error."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a directory")
+    found: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem.endswith(strip):
+            found.setdefault(p.stem[: len(p.stem) - len(strip)], []).append(p)
+    clashes = [f"{stem} ({', '.join(p.name for p in ps)})" for stem, ps in found.items() if len(ps) > 1]
+    if clashes:
+        raise ValueError(
+            f"{folder} has several files per name, so pairing is ambiguous: {list_some(clashes)}; keep one"
+        )
+    return {stem: ps[0] for stem, ps in found.items()}
+
+
+def pair_by_stem(images_dir: Path, masks_dir: Path, *, mask_suffix: str = "") -> list[tuple[Path, Path]]:
+    """``(image, mask)`` pairs whose names match: ``a.jpg`` with ``a<mask_suffix>.png`` (any image type).
+
+    Every image needs a mask and every mask an image; otherwise the error lists the
+    unmatched names, because a silently dropped half usually means a wrong folder.
+    """
+    images = _by_stem(Path(images_dir))
+    masks = _by_stem(Path(masks_dir), mask_suffix)
+    problems = []
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask:
+        problems.append(
+            f"{len(no_mask)} images in {images_dir} have no mask{mask_suffix}.* in {masks_dir}: {list_some(no_mask)}"
+        )
+    if no_image:
+        problems.append(f"{len(no_image)} masks in {masks_dir} have no image in {images_dir}: {list_some(no_image)}")
+    if problems:
+        raise FileNotFoundError("; ".join(problems) + ". Add the missing files or remove the extra ones")
+    if not images:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+    return [(images[s], masks[s]) for s in sorted(images)]
+
+
+class FolderDataset(PairedDataset):
+    """Images and masks from two folders, paired by file stem.
+
+    Give ``root`` (holding ``images/`` and ``masks/``) or ``images_dir`` and ``masks_dir``.
+    Images may be PNG, JPEG, BMP, TIFF or WebP; 16-bit images are scaled to 8 bits and
+    multi-page TIFFs contribute their first page only. Masks may be:
+
+    * index masks (grey "L", 16-bit, or palette "P" -- read as indices, not colours)
+      holding class indices, with ``ignore_index`` (default 255) for unlabelled pixels;
+    * any integer coding, translated by ``value_map`` -- e.g. binary 0/255 masks with
+      ``value_map={0: 0, 255: 1}``; map a value to ``ignore_index`` to skip it;
+    * RGB colour-coded masks, translated by ``colors={(r, g, b): class_index}``.
+
+    Values or colours not covered raise an error naming the file and the values.
+    ``classes`` is the class names or just their number. ``mask_suffix="_mask"`` pairs
+    ``a.jpg`` with ``a_mask.png``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        images_dir: str | Path | None = None,
+        masks_dir: str | Path | None = None,
+        classes: Sequence[str] | int,
+        palette: Sequence[tuple[int, int, int]] | None = None,
+        value_map: Mapping[int, int] | None = None,
+        colors: Mapping[tuple[int, int, int], int] | None = None,
+        ignore_index: int = 255,
+        mask_suffix: str = "",
+        transform: Transform | None = None,
+    ) -> None:
+        if (root is None) == (images_dir is None or masks_dir is None):
+            raise ValueError("pass either root (holding images/ and masks/) or both images_dir and masks_dir")
+        if root is not None:
+            images_dir, masks_dir = Path(root) / "images", Path(root) / "masks"
+        names = tuple(f"class{i}" for i in range(classes)) if isinstance(classes, int) else tuple(classes)
+        if palette is None and colors is not None:
+            by_class = {v: k for k, v in colors.items() if v != ignore_index}
+            if set(by_class) == set(range(len(names))):
+                palette = [by_class[i] for i in range(len(names))]
+        decoder = MaskDecoder(len(names), ignore_index=ignore_index, value_map=value_map, colors=colors)
+        pairs = pair_by_stem(Path(images_dir), Path(masks_dir), mask_suffix=mask_suffix)
+        super().__init__(pairs, decoder, classes=names, palette=palette, transform=transform)
