@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
 from semseg import __version__
 from semseg.demo import DemoConfig, run_demo
+
+
+_OVERRIDE = re.compile(r"--[A-Za-z_][\w.]*=.*")
 
 
 def _positive_int(text: str) -> int:
@@ -25,6 +29,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(args.out, config, progress=not args.quiet)
     print(f"val mIoU {result['mIoU']:.4f}, pixel accuracy {result['pixel_accuracy']:.4f} "
           f"in {result['seconds']:.0f} s; outputs in {args.out}/")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from semseg.config import load_config
+    from semseg.engine.trainer import fit
+
+    config = load_config(args.config, args.overrides)
+    result = fit(config, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
+    if result["history"]:
+        print(f"val mIoU {result['mIoU']:.4f} (best {result['best_mIoU']:.4f}); checkpoints in {config.out}/")
     return 0
 
 
@@ -68,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 
+    train = sub.add_parser(
+        "train", help="train a model from a YAML recipe",
+        description="Train from a YAML recipe; override any key with --section.key=value (e.g. --optim.lr=0.01).",
+    )  # fmt: skip
+    train.add_argument("config", help="YAML recipe (see configs/)")
+    train.add_argument("--resume", action="store_true", help="continue from <out>/last.* exactly where it stopped")
+    train.add_argument("--stop-after", type=_positive_int, metavar="EPOCHS",
+                       help="stop after this many epochs of this run (resume later with --resume)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_cmd_train, overrides=[])
+
     models = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
     models.add_argument("--num-classes", type=_positive_int, default=21)
     models.add_argument("--size", type=_size, default=(512, 512), help="input size for GFLOPs (default: 512x512)")
@@ -78,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (2 for usage errors, 1 for failures)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        bad = [e for e in extra if args.command != "train" or not _OVERRIDE.fullmatch(e)]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}"
+                         + (" (config overrides look like --section.key=value)" if args.command == "train" else ""))
+        args.overrides = extra
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as exc:

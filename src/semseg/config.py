@@ -82,6 +82,7 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     max_nonfinite: int = 10
     ignore_index: int = 255
+    sync_bn: bool = False  # SyncBatchNorm across processes; only used when training on more than one
 
     def __post_init__(self) -> None:
         positive = {

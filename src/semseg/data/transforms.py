@@ -67,6 +67,12 @@ class Compose:
         self._rng = np.random.default_rng(self.seed)
         self._worker_seed: int | None = None
 
+    def reseed(self, seed: int) -> None:
+        """Restart the random stream from ``seed`` (the trainer does this every epoch, so resumed runs repeat)."""
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._worker_seed = None
+
     def _generator(self) -> np.random.Generator:
         info = get_worker_info()
         if info is not None and info.seed != self._worker_seed:

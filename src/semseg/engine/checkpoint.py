@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -29,15 +31,33 @@ def save_weights(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
     config = getattr(model, "model_config", None)
     if config is None:
         raise ValueError("model has no model_config; build it with semseg.create_model so it can be rebuilt")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {"model_config": json.dumps(config)}
     header.update({key: json.dumps(value) for key, value in metadata.items()})
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    return _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=header))
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Atomically write what exact resumption needs beyond the weights (optimizer, scheduler, RNG, ...).
+
+    Only tensors, numbers, strings and containers of them, so it loads with
+    ``torch.load(weights_only=True)``, which never runs code from the file.
+    """
+    return _atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a file written by :func:`save_training_state`."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
+    """Call ``write`` on a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=header)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,10 +8,27 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from semseg.metrics import ConfusionMatrix
+from semseg.metrics import ConfusionMatrix, metrics_from_confusion
 
 
 @torch.inference_mode()
+def confusion_matrix(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    num_classes: int,
+    ignore_index: int | None = 255,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> torch.Tensor:
+    """The ``(C, C)`` matrix ``[true, predicted]`` of pixel counts over ``batches`` (whole images)."""
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    for images, masks in tqdm(batches, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+        cm.update(model(images.to(device)).argmax(1), masks)
+    return cm.mat
+
+
 def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -23,9 +40,6 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """mIoU, per-class IoU, pixel accuracy and the rest (see :mod:`semseg.metrics`) over ``batches``."""
-    model.eval()
-    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
-    for images, masks in tqdm(batches, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
-        pred = model(images.to(device)).argmax(1)
-        cm.update(pred, masks)
-    return cm.compute(class_names)
+    mat = confusion_matrix(model, batches, num_classes=num_classes, ignore_index=ignore_index, device=device,
+                           progress=progress)  # fmt: skip
+    return metrics_from_confusion(mat, class_names)

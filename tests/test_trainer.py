@@ -1,0 +1,142 @@
+"""End-to-end training on the built-in shapes: checkpoints, exact resume, logs, errors, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from semseg.cli import main
+from semseg.config import ConfigError, load_config
+from semseg.engine.checkpoint import load_model, read_metadata
+from semseg.engine.trainer import fit
+
+RECIPE = """
+model:
+  name: unet
+  options: {base_channels: 4, depth: 2}
+data:
+  dataset: shapes
+  options: {train_size: 32, val_size: 8, size: 32}
+  batch_size: 8
+  workers: 0
+optim:
+  name: sgd
+  lr: 0.05
+  warmup_steps: 2
+epochs: 4
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+def weights(out):
+    return load_file(str(out / "last.safetensors"))
+
+
+def test_fit_writes_checkpoints_logs_and_curves(recipe, tmp_path):
+    out = tmp_path / "run"
+    result = fit(load_config(recipe, [f"out={out}"]), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.safetensors", "curves.png", "last.safetensors", "last.state.pt", "log.jsonl",
+    ]
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
+    assert lines[-1]["val_mIoU"] == result["mIoU"]
+    assert result["best_mIoU"] == max(r["val_mIoU"] for r in lines)
+    meta = read_metadata(out / "best.safetensors")
+    assert meta["classes"][0] == "background" and meta["config"]["optim"]["lr"] == 0.05
+    assert meta["metrics"]["mIoU"] == result["best_mIoU"]
+    model, _ = load_model(out / "last.safetensors")
+    assert model.model_config["base_channels"] == 4
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path):
+    straight = tmp_path / "straight"
+    fit(load_config(recipe, [f"out={straight}"]), progress=False)
+    split = tmp_path / "split"
+    config = load_config(recipe, [f"out={split}"])
+    fit(config, stop_after=2, progress=False)
+    assert read_metadata(split / "last.safetensors")["epoch"] == 2
+    torch.manual_seed(1234)  # a fresh process would start from other RNG state
+    fit(config, resume=True, progress=False)
+    a, b = weights(straight), weights(split)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    logged = [json.loads(line)["epoch"] for line in (split / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]
+
+
+def test_resume_without_a_checkpoint_says_what_is_missing(recipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot resume: .*last.safetensors"):
+        fit(load_config(recipe, [f"out={tmp_path / 'none'}"]), resume=True, progress=False)
+
+
+def test_mismatched_weights_and_state_are_refused(recipe, tmp_path):
+    out = tmp_path / "run"
+    config = load_config(recipe, [f"out={out}"])
+    fit(config, stop_after=1, progress=False)
+    state = (out / "last.state.pt").read_bytes()
+    fit(config, resume=True, stop_after=1, progress=False)
+    (out / "last.state.pt").write_bytes(state)  # as if the crash hit between the two writes
+    with pytest.raises(ValueError, match="from different epochs"):
+        fit(config, resume=True, progress=False)
+
+
+def test_bad_dataset_settings(recipe, tmp_path):
+    with pytest.raises(ConfigError, match="data.dataset 'imagenet' is unknown; valid datasets: shapes, folder, camvid"):
+        fit(load_config(recipe, ["data.dataset=imagenet"]), progress=False)
+    with pytest.raises(ConfigError, match="data.root is required"):
+        fit(load_config(recipe, ["data.dataset=camvid"]), progress=False)
+    with pytest.raises(ValueError, match="class_weights has 2 values for 5 classes"):
+        fit(load_config(recipe, ["loss.class_weights=[1, 2]", f"out={tmp_path}"]), progress=False)
+
+
+def test_sync_bn_on_cpu_is_refused_with_a_reason(recipe):
+    from semseg.engine import distributed
+    from semseg.engine.trainer import _fit
+
+    config = load_config(recipe, ["sync_bn=true"])
+    two_cpus = distributed.DistInfo(rank=0, world_size=2, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="sync_bn needs CUDA"):
+        _fit(config, two_cpus, resume=False, stop_after=None, progress=False)
+
+
+def test_cli_train_and_bad_override(recipe, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert main(["train", str(recipe), f"--out={out}", "--epochs=1", "--quiet"]) == 0
+    assert "val mIoU" in capsys.readouterr().out
+    assert main(["train", str(recipe), "--optim.lrr=1"]) == 1
+    assert "unknown key(s) optim.lrr" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(recipe), "--lr"])
+    assert exc.value.code == 2
+
+
+def test_two_processes_match_one_with_the_same_global_batch(recipe, tmp_path):
+    # torchrun with 2 CPU processes (gloo), each with half of the global batch of 8. A model
+    # without BatchNorm: on CPU there is no SyncBatchNorm, and per-process BN statistics
+    # would (rightly) differ from those of the whole batch.
+    one, two = tmp_path / "one", tmp_path / "two"
+    no_bn = "model.options={base_channels: 4, depth: 2, batch_norm: false}"
+    fit(load_config(recipe, [f"out={one}", "epochs=2", no_bn]), progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           "-m", "semseg", "train", str(recipe), f"--out={two}", "--epochs=2", f"--{no_bn}", "--quiet"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = weights(one), weights(two)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    log_one = [json.loads(x) for x in (one / "log.jsonl").read_text().splitlines()]
+    log_two = [json.loads(x) for x in (two / "log.jsonl").read_text().splitlines()]
+    assert [r["val_mIoU"] for r in log_two] == pytest.approx([r["val_mIoU"] for r in log_one], abs=1e-3)
