@@ -58,3 +58,11 @@ def test_bad_size_is_a_usage_error(capsys):
         main(["models", "--size", "16x16"])
     assert exc.value.code == 2
     assert "must be >= 32" in capsys.readouterr().err
+
+
+def test_data_check_is_wired_to_the_checker(tmp_path, capsys):
+    assert main(["data", "check", "imagenet", "--root", str(tmp_path)]) == 1
+    assert "imagenet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["data"])
+    assert exc.value.code == 2

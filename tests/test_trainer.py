@@ -140,3 +140,31 @@ def test_two_processes_match_one_with_the_same_global_batch(recipe, tmp_path):
     log_one = [json.loads(x) for x in (one / "log.jsonl").read_text().splitlines()]
     log_two = [json.loads(x) for x in (two / "log.jsonl").read_text().splitlines()]
     assert [r["val_mIoU"] for r in log_two] == pytest.approx([r["val_mIoU"] for r in log_one], abs=1e-3)
+
+
+def test_trains_on_a_custom_folder_dataset_from_a_description(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from semseg.data.synthetic import ShapesConfig, generate_sample
+
+    for split, count in [("train", 8), ("val", 2)]:
+        for folder in ("images", "masks"):
+            (tmp_path / split / folder).mkdir(parents=True)
+        for i in range(count):
+            image, mask = generate_sample(5 if split == "train" else 6, i, ShapesConfig(size=40))
+            Image.fromarray(image).save(tmp_path / split / "images" / f"{i}.jpg")
+            Image.fromarray(mask.astype(np.uint8)).save(tmp_path / split / "masks" / f"{i}.png")
+    (tmp_path / "shapes.yaml").write_text(
+        "name: my-shapes\nclasses: [background, disk, square, triangle, cross]\nmask_format: index\n"
+        "splits:\n  train: {images: train/images, masks: train/masks}\n  val: {images: val/images, masks: val/masks}\n"
+    )
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.replace("dataset: shapes", f"dataset: {tmp_path / 'shapes.yaml'}")
+                      .replace("options: {train_size: 32, val_size: 8, size: 32}", "crop_size: [32, 32]"))
+    out = tmp_path / "run"
+    result = fit(load_config(recipe, [f"out={out}", "epochs=1"]), progress=False)
+    assert len(result["history"]) == 1
+    meta = read_metadata(out / "last.safetensors")
+    assert meta["classes"] == ["background", "disk", "square", "triangle", "cross"]
+    assert meta["config"]["data"]["crop_size"] == [32, 32]

@@ -43,6 +43,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from semseg.data.check import run_check_command
+
+    return run_check_command(args.target, root=args.root, out=args.out)
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from semseg.profile import model_cost
     from semseg.registry import list_models
@@ -93,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after this many epochs of this run (resume later with --resume)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train, overrides=[])
+
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    check = data_sub.add_parser(
+        "check", help="find label mistakes: missing pairs, unreadable files, size mismatches, undeclared values",
+        description="Check a dataset and print counts, a per-class pixel histogram and suggested class weights. "
+        "Exits 1 if any error is found.",
+    )  # fmt: skip
+    check.add_argument("target", help="a dataset description .yaml, or camvid | voc | cityscapes | ade20k | folder")
+    check.add_argument("--root", help="dataset root (for the named formats)")
+    check.add_argument("--out", help="folder for histogram.png and report.json")
+    check.set_defaults(func=_cmd_data_check)
 
     models = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
     models.add_argument("--num-classes", type=_positive_int, default=21)

@@ -10,11 +10,11 @@ from torch.utils.data import Dataset
 
 from semseg.config import ConfigError, TrainConfig
 from semseg.data import ADE20K, CamVid, Cityscapes, FolderDataset, SyntheticShapes, VOCSegmentation
-from semseg.data import eval_transforms, train_transforms
+from semseg.data import eval_transforms, load_description, train_transforms
 from semseg.data.synthetic import ShapesConfig
 
 _FILE_DATASETS = {"camvid": CamVid, "voc": VOCSegmentation, "cityscapes": Cityscapes, "ade20k": ADE20K}
-DATASETS = ("shapes", "folder", *_FILE_DATASETS)
+DATASETS = ("shapes", "folder", *_FILE_DATASETS, "<description>.yaml")
 
 
 @dataclass(frozen=True)
@@ -31,20 +31,26 @@ class DatasetBundle:
 
 
 def build_datasets(config: TrainConfig) -> DatasetBundle:
-    """``data.dataset`` is "shapes" (built in), "folder" (``root/<split>/images|masks``) or a named format."""
+    """``data.dataset`` is "shapes" (built in), "folder" (``root/<split>/images|masks``), a named
+    format, or the path of a dataset description YAML (see :mod:`semseg.data.description`)."""
     data = config.data
     if data.dataset == "shapes":
         return _shapes(data.options)
-    if data.dataset not in DATASETS:
+    described = data.dataset.endswith((".yaml", ".yml"))
+    if not described and data.dataset not in DATASETS:
         raise ConfigError(f"data.dataset {data.dataset!r} is unknown; valid datasets: {', '.join(DATASETS)}")
-    if data.root is None:
+    if described:
+        description = load_description(data.dataset)
+    elif data.root is None:
         raise ConfigError(f"data.root is required for data.dataset={data.dataset!r}")
-    root = Path(data.root)
-    if not root.exists():
+    root = Path(data.root or ".")
+    if not described and not root.exists():
         raise ConfigError(f"data.root {root} does not exist")
 
     def make(split: str, train: bool) -> Any:
-        if data.dataset == "folder":
+        if described:
+            ds = description.dataset(split)
+        elif data.dataset == "folder":
             ds = FolderDataset(root / split, **data.options)
         else:
             ds = _FILE_DATASETS[data.dataset](root, split, **data.options)

@@ -1,0 +1,515 @@
+"""Dataset checking: every problem in every split at once, class statistics and loss weights.
+
+Dataset constructors stop at the first missing file and ``raw(i)`` at the first bad
+mask, which is right for training but makes fixing a dataset a slow loop. The checker
+instead reads every pair of every split and lists everything: unreadable or truncated
+files, images without masks and masks without images, image/mask size mismatches, and
+mask values that are neither a declared class nor ``ignore_index``. Along the way it
+counts pixels per class and derives two common class weightings for the loss:
+
+* median-frequency balancing (Eigen & Fergus 2015, used by SegNet):
+  ``w_c = median(freq) / freq_c``, ``freq_c`` = pixels of ``c`` / total pixels of the
+  images in which ``c`` appears;
+* ENet's ``w_c = 1 / ln(1.02 + p_c)`` (Paszke et al. 2016), ``p_c`` = share of ``c``
+  among all labelled (not ignored) pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from semseg.data import ade20k, camvid, cityscapes, voc
+from semseg.data.base import IMAGE_SUFFIXES, MaskDecoder, list_some, read_mask
+from semseg.data.description import load_description
+
+DATASET_NAMES = ("camvid", "voc", "cityscapes", "ade20k", "folder")
+_ERRORS_SHOWN = 50
+
+
+@dataclass
+class SplitFiles:
+    """One split as found on disk, with what is already wrong with it (missing partners, bad lists).
+
+    ``images``/``masks`` count the files found; pairs are those with both halves present.
+    """
+
+    pairs: list[tuple[Path, Path]]
+    decoder: MaskDecoder | None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    images: int = 0
+    masks: int = 0
+
+
+@dataclass
+class SplitStats:
+    """Counts and per-label pixel statistics of one split."""
+
+    pairs: int = 0
+    images: int = 0
+    masks: int = 0
+    errors: int = 0
+    label_pixels: Counter = field(default_factory=Counter)  # label -> pixels
+    present_pixels: Counter = field(default_factory=Counter)  # label -> total pixels of masks holding it
+    bad_values: Counter = field(default_factory=Counter)  # stored value -> number of masks holding it
+
+
+def median_frequency_weights(class_pixels: Sequence[int], present_pixels: Sequence[int]) -> np.ndarray:
+    """``median(freq) / freq_c`` with ``freq_c = class_pixels[c] / present_pixels[c]``; absent classes get 0."""
+    pixels = np.asarray(class_pixels, dtype=np.float64)
+    present = np.asarray(present_pixels, dtype=np.float64)
+    seen = pixels > 0
+    weights = np.zeros_like(pixels)
+    if seen.any():
+        freq = pixels[seen] / present[seen]
+        weights[seen] = np.median(freq) / freq
+    return weights
+
+
+def enet_weights(class_pixels: Sequence[int], c: float = 1.02) -> np.ndarray:
+    """``1 / ln(c + p_c)`` with ``p_c`` each class's share of the labelled pixels; bounded by ``1/ln(c)``."""
+    pixels = np.asarray(class_pixels, dtype=np.float64)
+    p = pixels / pixels.sum() if pixels.sum() > 0 else pixels
+    return 1.0 / np.log(c + p)
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_dataset` found. ``ok`` when there are no errors (warnings do not count)."""
+
+    classes: tuple[str, ...]
+    ignore_index: int
+    splits: dict[str, SplitStats]
+    problems: list[tuple[str, str, str]]  # (split, file, message)
+    warnings: list[str]
+    weights_split: str  # the split the weights come from: "train" if there is one, else all
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        """Every problem as ``(file, message)``."""
+        return [(f, m) for _, f, m in self.problems]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def class_pixels(self, split: str | None = None) -> np.ndarray:
+        """Pixels per class in ``split`` (``None``: all splits)."""
+        return self._per_class("label_pixels", split)
+
+    def _per_class(self, attr: str, split: str | None) -> np.ndarray:
+        stats = self.splits.values() if split is None else [self.splits[split]]
+        out = np.zeros(len(self.classes), dtype=np.int64)
+        for s in stats:
+            for label, n in getattr(s, attr).items():
+                if 0 <= label < len(self.classes):
+                    out[label] += n
+        return out
+
+    def _weights_source(self) -> str | None:
+        return None if self.weights_split == "all" else self.weights_split
+
+    @property
+    def median_frequency_weights(self) -> np.ndarray:
+        split = self._weights_source()
+        return median_frequency_weights(self.class_pixels(split), self._per_class("present_pixels", split))
+
+    @property
+    def enet_weights(self) -> np.ndarray:
+        return enet_weights(self.class_pixels(self._weights_source()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain JSON-serialisable types."""
+        splits = {}
+        for name, s in self.splits.items():
+            splits[name] = {
+                "pairs": s.pairs,
+                "images": s.images,
+                "masks": s.masks,
+                "errors": s.errors,
+                "class_pixels": self.class_pixels(name).tolist(),
+                "ignore_pixels": int(s.label_pixels.get(self.ignore_index, 0)),
+                "bad_values": {str(k): v for k, v in sorted(s.bad_values.items())},
+            }
+        return {
+            "ok": self.ok,
+            "classes": list(self.classes),
+            "ignore_index": self.ignore_index,
+            "splits": splits,
+            "weights": {
+                "split": self.weights_split,
+                "median_frequency": [round(float(w), 6) for w in self.median_frequency_weights],
+                "enet": [round(float(w), 6) for w in self.enet_weights],
+            },
+            "errors": [{"split": s, "file": f, "message": m} for s, f, m in self.problems],
+            "warnings": list(self.warnings),
+        }
+
+    def format_text(self) -> str:
+        """A readable report: counts per split, class histogram, weights, warnings and errors."""
+        lines = [f"{'split':<12}{'pairs':>8}{'images':>8}{'masks':>8}{'errors':>8}"]
+        for name, s in self.splits.items():
+            lines.append(f"{name:<12}{s.pairs:>8}{s.images:>8}{s.masks:>8}{s.errors:>8}")
+        width = max([len(c) for c in self.classes] + [8]) + 2
+        names = list(self.splits)
+        lines += ["", f"{'class':<{width}}" + "".join(f"{n + ' %':>12}" for n in names) + f"{'MFB w':>9}{'ENet w':>9}"]
+        shares = {}
+        for n in names:
+            pixels = self.class_pixels(n)
+            shares[n] = 100.0 * pixels / max(1, pixels.sum())
+        mfb, enet = self.median_frequency_weights, self.enet_weights
+        for c, cls in enumerate(self.classes):
+            row = "".join(f"{shares[n][c]:>12.3f}" for n in names)
+            lines.append(f"{cls:<{width}}{row}{mfb[c]:>9.4f}{enet[c]:>9.4f}")
+        ignored = "".join(f"{self.splits[n].label_pixels.get(self.ignore_index, 0):>12}" for n in names)
+        lines.append(f"{'(ignored px)':<{width}}{ignored}")
+        lines.append(f"weights computed on: {self.weights_split}")
+        for name, s in self.splits.items():
+            if s.bad_values:
+                shown = ", ".join(f"{v} ({n} masks)" for v, n in sorted(s.bad_values.items())[:20])
+                lines.append(f"{name}: undeclared mask values: {shown}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        if self.problems:
+            lines += ["", f"{len(self.problems)} errors:"]
+            lines += [f"  [{s}] {f}: {m}" for s, f, m in self.problems[:_ERRORS_SHOWN]]
+            if len(self.problems) > _ERRORS_SHOWN:
+                lines.append(f"  ... and {len(self.problems) - _ERRORS_SHOWN} more (all are in the JSON report)")
+        lines += ["", "OK" if self.ok else "FAILED"]
+        return "\n".join(lines)
+
+    def save_histogram_png(self, path: str | Path) -> Path:
+        """Bar plot of each class's share of the labelled pixels, one bar per split (log scale)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        n = len(self.classes)
+        fig, ax = plt.subplots(figsize=(min(40.0, max(6.0, 0.35 * n + 2)), 4))
+        x = np.arange(n)
+        width = 0.8 / max(1, len(self.splits))
+        for i, name in enumerate(self.splits):
+            pixels = self.class_pixels(name)
+            ax.bar(x + i * width, 100.0 * pixels / max(1, pixels.sum()), width, label=name)
+        ax.set_xticks(x + 0.4 - width / 2, self.classes, rotation=90, fontsize=8)
+        ax.set_ylabel("% of labelled pixels")
+        if self.class_pixels().any():
+            ax.set_yscale("log")
+        ax.legend()
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+
+def check_dataset(
+    datasets: Mapping[str, Any],
+    *,
+    num_classes: int | None = None,
+    ignore_index: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> CheckReport:
+    """Read every pair of every split in ``datasets`` (split name -> dataset) and report all problems.
+
+    A dataset is anything with ``pairs`` (``(image_path, mask_path)``) and optionally
+    ``decoder`` (a :class:`MaskDecoder`; without one, stored values are class indices)
+    and ``problems`` (``(file, message)`` found before reading, e.g. by
+    :func:`scan_folder_pairs`): a :class:`PairedDataset` or a :class:`SplitFiles`.
+    Classes and ``ignore_index`` default to the first dataset's; when it has none, the
+    classes are inferred from the largest label seen.
+    """
+    first = next(iter(datasets.values()), None)
+    if class_names is None:
+        class_names = getattr(first, "classes", None)
+    if num_classes is None and class_names is not None:
+        num_classes = len(class_names)
+    if ignore_index is None:
+        ignore_index = getattr(first, "ignore_index", getattr(getattr(first, "decoder", None), "ignore_index", 255))
+    declared = num_classes is not None
+    problems: list[tuple[str, str, str]] = []
+    stats: dict[str, SplitStats] = {}
+    for split, ds in datasets.items():
+        s = stats[split] = SplitStats(pairs=len(ds.pairs))
+        s.images = getattr(ds, "images", 0) or len(ds.pairs)
+        s.masks = getattr(ds, "masks", 0) or len(ds.pairs)
+        found = [(split, str(f), m) for f, m in getattr(ds, "problems", ())]
+        decoder = getattr(ds, "decoder", None)
+        for image_path, mask_path in ds.pairs:
+            found += [
+                (split, f, m) for f, m in _check_pair(image_path, mask_path, decoder, num_classes, ignore_index, s)
+            ]
+        s.errors = len(found)
+        problems += found
+    warnings = []
+    if not declared:
+        labels = [k for s in stats.values() for k in s.label_pixels if k != ignore_index]
+        num_classes = max(labels, default=-1) + 1
+        warnings.append(
+            f"classes not declared: assumed {num_classes} from the mask values; describe them to check labels"
+        )
+    if class_names is None or len(class_names) != num_classes:
+        class_names = tuple(f"class{i}" for i in range(num_classes))
+    weights_split = "train" if "train" in stats else "all"
+    report = CheckReport(tuple(class_names), ignore_index, stats, problems, warnings, weights_split)
+    absent = [c for c, n in zip(report.classes, report.class_pixels(report._weights_source())) if n == 0]
+    if absent:
+        report.warnings.append(
+            f"classes never seen in {weights_split}: {list_some(absent)} (median-frequency weight 0)"
+        )
+    return report
+
+
+def _check_pair(
+    image_path: Path, mask_path: Path, decoder: MaskDecoder | None, num_classes: int | None, ignore: int, s: SplitStats
+) -> list[tuple[str, str]]:
+    """Problems of one pair; adds its pixel counts to ``s``."""
+    problems = []
+    size = None
+    try:
+        with Image.open(image_path) as im:
+            im.seek(0)
+            im.load()  # PIL decodes lazily: without this a truncated file passes
+            size = im.size
+            if im.mode == "F":
+                problems.append((str(image_path), "floating-point image (mode F) is not supported"))
+    except Exception as exc:  # noqa: BLE001 -- any reader failure is a finding, not a crash
+        problems.append((str(image_path), f"unreadable image: {type(exc).__name__}: {exc}"))
+    colour = decoder is not None and decoder.is_colour
+    try:
+        stored = read_mask(Path(mask_path), colour=colour)
+    except Exception as exc:  # noqa: BLE001
+        problems.append((str(mask_path), f"unreadable mask: {type(exc).__name__}: {exc}"))
+        return problems
+    mask_size = (stored.shape[1], stored.shape[0])
+    if size is not None and size != mask_size:
+        problems.append(
+            (str(mask_path), f"mask is {mask_size[0]}x{mask_size[1]} but image {image_path} is {size[0]}x{size[1]}")
+        )
+    values, counts = _stored_values(stored, colour)
+    bad = []
+    for value, count in zip(values, counts):
+        label = _decode(value, decoder)
+        if label is None or (num_classes is not None and not (0 <= label < num_classes or label == ignore)):
+            bad.append(value)
+            continue
+        s.label_pixels[label] += int(count)
+        s.present_pixels[label] += int(stored.shape[0] * stored.shape[1])
+    if bad:
+        s.bad_values.update(bad)
+        known = f"classes 0..{num_classes - 1}" if num_classes is not None else "a class"
+        what = "colours" if colour else "values"
+        problems.append((str(mask_path), f"mask {what} {list_some(bad)} are not {known} or ignore_index {ignore}"))
+    return problems
+
+
+def _stored_values(stored: np.ndarray, colour: bool) -> tuple[list[Any], np.ndarray]:
+    """The distinct stored values (ints, or ``(r, g, b)`` tuples) and their pixel counts."""
+    if colour:
+        codes = (stored[..., 0].astype(np.int64) << 16) | (stored[..., 1].astype(np.int64) << 8) | stored[..., 2]
+        uniq, counts = np.unique(codes, return_counts=True)
+        return [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in uniq.tolist()], counts
+    counts = np.bincount(stored.ravel())  # read_mask gives non-negative integers
+    values = np.flatnonzero(counts)
+    return values.tolist(), counts[values]
+
+
+def _decode(value: Any, decoder: MaskDecoder | None) -> int | None:
+    if decoder is None:
+        return int(value)
+    table = decoder.colors if decoder.is_colour else decoder.value_map
+    assert table is not None
+    return table.get(value)
+
+
+def scan_folder_pairs(images_dir: Path, masks_dir: Path, *, mask_suffix: str = "") -> SplitFiles:
+    """Pair two folders by file stem like :func:`pair_by_stem`, recording every unmatched file instead of raising."""
+    problems: list[tuple[str, str]] = []
+    images = _files_by_stem(Path(images_dir), "", problems)
+    masks = _files_by_stem(Path(masks_dir), mask_suffix, problems)
+    for stem in sorted(set(images) - set(masks)):
+        problems.append((str(images[stem]), f"image has no mask {stem}{mask_suffix}.* in {masks_dir}"))
+    for stem in sorted(set(masks) - set(images)):
+        problems.append((str(masks[stem]), f"mask has no image {stem}.* in {images_dir}"))
+    pairs = [(images[s], masks[s]) for s in sorted(set(images) & set(masks))]
+    return SplitFiles(pairs, None, problems, images=len(images), masks=len(masks))
+
+
+def _files_by_stem(folder: Path, strip: str, problems: list[tuple[str, str]]) -> dict[str, Path]:
+    if not folder.is_dir():
+        problems.append((str(folder), "folder does not exist"))
+        return {}
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if not (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem.endswith(strip)):
+            continue
+        stem = p.stem[: len(p.stem) - len(strip)]
+        if stem in found:
+            problems.append((str(p), f"same name as {found[stem].name}, so pairing is ambiguous; keep one"))
+        else:
+            found[stem] = p
+    return found
+
+
+def _listed_pairs(pairs: list[tuple[Path, Path]], listing: Path, decoder: MaskDecoder) -> SplitFiles:
+    """A split given by a list file: pairs whose files exist, and a problem for each that does not."""
+    problems = [(str(p), f"listed in {listing} but missing") for pair in pairs for p in pair if not p.is_file()]
+    kept = [(i, m) for i, m in pairs if i.is_file() and m.is_file()]
+    return SplitFiles(
+        kept, decoder, problems, images=sum(i.is_file() for i, _ in pairs), masks=sum(m.is_file() for _, m in pairs)
+    )
+
+
+def _camvid_splits(root: Path) -> dict[str, SplitFiles]:
+    decoder = MaskDecoder(
+        len(camvid.CLASSES),
+        ignore_index=255,
+        value_map={i: i for i in range(len(camvid.CLASSES))} | {camvid.VOID: 255, 255: 255},
+    )
+    splits = {}
+    for split in ("train", "val", "test"):
+        listing = root / f"{split}.txt"
+        if listing.is_file():
+            problems, pairs = [], []
+            for n, line in enumerate(listing.read_text().splitlines(), 1):
+                parts = line.split()
+                if len(parts) == 2:
+                    pairs.append((camvid._resolve(parts[0], root), camvid._resolve(parts[1], root)))
+                elif parts:
+                    problems.append((f"{listing}:{n}", f"expected 'image_path label_path', got {line!r}"))
+            splits[split] = _listed_pairs(pairs, listing, decoder)
+            splits[split].problems[:0] = problems
+        elif (root / split).is_dir():
+            splits[split] = scan_folder_pairs(root / split, root / f"{split}annot")
+            splits[split].decoder = decoder
+    return splits
+
+
+def _voc_splits(root: Path) -> dict[str, SplitFiles]:
+    base = voc._voc_root(root)
+    decoder = MaskDecoder(len(voc.CLASSES), ignore_index=255)
+    splits = {}
+    for split in ("train", "val"):
+        listing = base / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if listing.is_file():
+            ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+            pairs = [(base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClass" / f"{i}.png") for i in ids]
+            splits[split] = _listed_pairs(pairs, listing, decoder)
+    return splits
+
+
+def _cityscapes_splits(root: Path) -> dict[str, SplitFiles]:
+    value_map = {i: cityscapes.LABEL_TO_TRAIN.get(i, 255) for i in range(cityscapes.NUM_LABEL_IDS)}
+    decoder = MaskDecoder(len(cityscapes.CLASSES), ignore_index=255, value_map=value_map)
+    splits = {}
+    for split in ("train", "val"):
+        images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
+        masks = sorted((root / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
+        if not images and not masks:
+            continue
+        image_of = {
+            m: root / "leftImg8bit" / split / m.parent.name / m.name.replace("_gtFine_labelIds", "_leftImg8bit")
+            for m in masks
+        }
+        mask_of = {
+            i: root / "gtFine" / split / i.parent.name / i.name.replace("_leftImg8bit", "_gtFine_labelIds")
+            for i in images
+        }
+        problems = [(str(i), "image has no gtFine labelIds mask") for i, m in mask_of.items() if not m.is_file()]
+        problems += [(str(m), "mask has no leftImg8bit image") for m, i in image_of.items() if not i.is_file()]
+        pairs = [(i, m) for i, m in mask_of.items() if m.is_file()]
+        splits[split] = SplitFiles(pairs, decoder, problems, images=len(images), masks=len(masks))
+    return splits
+
+
+def _ade20k_splits(root: Path) -> dict[str, SplitFiles]:
+    if (root / "ADEChallengeData2016").is_dir():
+        root = root / "ADEChallengeData2016"
+    value_map = {0: 255} | {v: v - 1 for v in range(1, len(ade20k.CLASSES) + 1)}
+    decoder = MaskDecoder(len(ade20k.CLASSES), ignore_index=255, value_map=value_map)
+    splits = {}
+    for split, folder in (("train", "training"), ("val", "validation")):
+        if (root / "images" / folder).is_dir():
+            splits[split] = scan_folder_pairs(root / "images" / folder, root / "annotations" / folder)
+            splits[split].decoder = decoder
+    return splits
+
+
+def _folder_splits(root: Path) -> dict[str, SplitFiles]:
+    """``root/images`` + ``root/masks`` as split "all", or each ``root/<split>/{images,masks}``."""
+    if (root / "images").is_dir():
+        return {"all": scan_folder_pairs(root / "images", root / "masks")}
+    return {
+        d.name: scan_folder_pairs(d / "images", d / "masks")
+        for d in sorted(root.iterdir())
+        if (d / "images").is_dir() or (d / "masks").is_dir()
+    }
+
+
+_SCANNERS = {"camvid": _camvid_splits, "voc": _voc_splits, "cityscapes": _cityscapes_splits, "ade20k": _ade20k_splits}
+_CLASSES = {"camvid": camvid.CLASSES, "voc": voc.CLASSES, "cityscapes": cityscapes.CLASSES, "ade20k": ade20k.CLASSES}
+
+
+def check_path(path_or_name: str | Path, root: str | Path | None = None) -> CheckReport:
+    """Check a dataset given by a description YAML file, or by name (:data:`DATASET_NAMES`) and ``root``.
+
+    ``"folder"`` checks index masks under ``root`` (``images/`` + ``masks/``, or one such
+    pair per split folder) without declared classes; describe the data in YAML to
+    check label values too.
+    """
+    target = str(path_or_name)
+    if target.endswith((".yaml", ".yml")) or Path(target).is_file():
+        desc = load_description(target)
+        splits = {}
+        for name, folders in desc.splits.items():
+            splits[name] = scan_folder_pairs(folders.images, folders.masks, mask_suffix=desc.mask_suffix)
+            splits[name].decoder = desc.decoder()
+        return check_dataset(
+            splits, num_classes=desc.num_classes, ignore_index=desc.ignore_index, class_names=desc.classes
+        )
+    name = target.lower()
+    if name not in DATASET_NAMES:
+        raise ValueError(f"{target!r} is neither a dataset description (.yaml) nor one of {', '.join(DATASET_NAMES)}")
+    if root is None:
+        raise ValueError(f"checking {name} needs the dataset root")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {root} is not a directory")
+    if name == "folder":
+        splits = _folder_splits(root)
+        if not splits:
+            raise FileNotFoundError(f"{root} holds neither images/ and masks/ nor split folders holding them")
+        return check_dataset(splits, ignore_index=255)
+    splits = _SCANNERS[name](root)
+    if not splits:
+        raise FileNotFoundError(f"found no {name} splits under {root}")
+    return check_dataset(splits, class_names=_CLASSES[name], ignore_index=255)
+
+
+def run_check_command(target: str, *, root: str | None, out: str | None) -> int:
+    """``semseg data check``: print the report; with ``out``, write histogram.png and report.json there.
+
+    Returns 0 when the dataset has no errors, else 1 (also when it cannot be checked at all).
+    """
+    try:
+        report = check_path(target, root)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.format_text())
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        report.save_histogram_png(folder / "histogram.png")
+        (folder / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"wrote {folder / 'histogram.png'} and {folder / 'report.json'}")
+    return 0 if report.ok else 1
