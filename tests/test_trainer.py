@@ -93,9 +93,9 @@ def test_mismatched_weights_and_state_are_refused(recipe, tmp_path):
 
 
 def test_bad_dataset_settings(recipe, tmp_path):
-    with pytest.raises(ConfigError, match="data.dataset 'imagenet' is unknown; valid datasets: shapes, folder, camvid"):
+    with pytest.raises(ConfigError, match="data: dataset 'imagenet' is unknown; valid datasets: shapes, folder, camvid"):
         fit(load_config(recipe, ["data.dataset=imagenet"]), progress=False)
-    with pytest.raises(ConfigError, match="data.root is required"):
+    with pytest.raises(ConfigError, match="data: a root folder is required for dataset 'camvid'"):
         fit(load_config(recipe, ["data.dataset=camvid"]), progress=False)
     with pytest.raises(ValueError, match="class_weights has 2 values for 5 classes"):
         fit(load_config(recipe, ["loss.class_weights=[1, 2]", f"out={tmp_path}"]), progress=False)
@@ -142,7 +142,9 @@ def test_two_processes_match_one_with_the_same_global_batch(recipe, tmp_path):
     assert [r["val_mIoU"] for r in log_two] == pytest.approx([r["val_mIoU"] for r in log_one], abs=1e-3)
 
 
-def test_trains_on_a_custom_folder_dataset_from_a_description(tmp_path):
+@pytest.fixture
+def custom_dataset(tmp_path):
+    """A folder dataset (JPEG images, index PNG masks) and its description YAML."""
     import numpy as np
     from PIL import Image
 
@@ -155,12 +157,17 @@ def test_trains_on_a_custom_folder_dataset_from_a_description(tmp_path):
             image, mask = generate_sample(5 if split == "train" else 6, i, ShapesConfig(size=40))
             Image.fromarray(image).save(tmp_path / split / "images" / f"{i}.jpg")
             Image.fromarray(mask.astype(np.uint8)).save(tmp_path / split / "masks" / f"{i}.png")
-    (tmp_path / "shapes.yaml").write_text(
+    path = tmp_path / "shapes.yaml"
+    path.write_text(
         "name: my-shapes\nclasses: [background, disk, square, triangle, cross]\nmask_format: index\n"
         "splits:\n  train: {images: train/images, masks: train/masks}\n  val: {images: val/images, masks: val/masks}\n"
     )
+    return path
+
+
+def test_train_then_evaluate_a_custom_folder_dataset(custom_dataset, tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.replace("dataset: shapes", f"dataset: {tmp_path / 'shapes.yaml'}")
+    recipe.write_text(RECIPE.replace("dataset: shapes", f"dataset: {custom_dataset}")
                       .replace("options: {train_size: 32, val_size: 8, size: 32}", "crop_size: [32, 32]"))
     out = tmp_path / "run"
     result = fit(load_config(recipe, [f"out={out}", "epochs=1"]), progress=False)
@@ -168,3 +175,24 @@ def test_trains_on_a_custom_folder_dataset_from_a_description(tmp_path):
     meta = read_metadata(out / "last.safetensors")
     assert meta["classes"] == ["background", "disk", "square", "triangle", "cross"]
     assert meta["config"]["data"]["crop_size"] == [32, 32]
+
+    report = tmp_path / "eval"
+    args = ["evaluate", str(out / "last.safetensors"), "--data", str(custom_dataset), "--out", str(report), "--quiet"]
+    assert main(args) == 0
+    assert "| **mean** |" in capsys.readouterr().out
+    metrics = json.loads((report / "metrics.json").read_text())
+    # The validation pass inside training saw the same images with the same weights.
+    assert metrics["mIoU"] == pytest.approx(result["mIoU"])
+    assert metrics["images"] == 2
+    assert sorted(p.name for p in report.iterdir()) == ["confusion.png", "metrics.json", "per_class.md"]
+
+
+def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, recipe, custom_dataset):
+    out = tmp_path / "run"
+    fit(load_config(recipe, [f"out={out}", "epochs=1"]), progress=False)
+    (tmp_path / "two.yaml").write_text(custom_dataset.read_text().replace(
+        "classes: [background, disk, square, triangle, cross]", "classes: [a, b, c, d, e]"))
+    from semseg.engine.evaluate import evaluate_checkpoint
+
+    with pytest.raises(ValueError, match="evaluate on the dataset it was trained for"):
+        evaluate_checkpoint(out / "last.safetensors", str(tmp_path / "two.yaml"), progress=False)

@@ -43,6 +43,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from semseg.engine.evaluate import evaluate_checkpoint, per_class_table
+
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, root=args.root, split=args.split,
+                                  batch_size=args.batch_size, device=args.device, out=args.out,
+                                  progress=not args.quiet)  # fmt: skip
+    print(per_class_table(metrics))
+    if args.out:
+        print(f"wrote metrics.json, per_class.md and confusion.png to {args.out}/")
+    return 0
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from semseg.data.check import run_check_command
 
@@ -99,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop after this many epochs of this run (resume later with --resume)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train, overrides=[])
+
+    ev = sub.add_parser("evaluate", help="score a checkpoint on a dataset split (mIoU, per-class IoU, ...)")
+    ev.add_argument("checkpoint", help="a .safetensors file written by semseg train")
+    ev.add_argument("--data", required=True, help="a dataset description .yaml, or camvid | voc | cityscapes | ade20k | folder")
+    ev.add_argument("--root", help="dataset root (for the named formats)")
+    ev.add_argument("--split", default="val", help="default: val")
+    ev.add_argument("--batch-size", type=_positive_int, default=1, help="default: 1 (images may differ in size)")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    ev.add_argument("--out", help="folder for metrics.json, per_class.md and confusion.png")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_cmd_evaluate)
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

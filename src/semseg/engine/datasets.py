@@ -30,38 +30,43 @@ class DatasetBundle:
     ignore_index: int
 
 
+def open_dataset(dataset: str, split: str, *, root: str | None = None, options: dict[str, Any] | None = None) -> Any:
+    """One split of a named format ("folder" is ``root/<split>/images|masks``) or of a description YAML.
+
+    Images are normalised with the dataset's own statistics and no augmentation; the
+    trainer swaps in its training transform.
+    """
+    options = options or {}
+    if dataset.endswith((".yaml", ".yml")):
+        ds = load_description(dataset).dataset(split)
+    else:
+        if dataset not in DATASETS or dataset == "shapes":
+            raise ConfigError(f"dataset {dataset!r} is unknown; valid datasets: {', '.join(DATASETS)}")
+        if root is None:
+            raise ConfigError(f"a root folder is required for dataset {dataset!r}")
+        if not Path(root).exists():
+            raise ConfigError(f"dataset root {root} does not exist")
+        if dataset == "folder":
+            ds = FolderDataset(Path(root) / split, **options)
+        else:
+            ds = _FILE_DATASETS[dataset](root, split, **options)
+    ds.transform = eval_transforms(ds.mean, ds.std)
+    return ds
+
+
 def build_datasets(config: TrainConfig) -> DatasetBundle:
-    """``data.dataset`` is "shapes" (built in), "folder" (``root/<split>/images|masks``), a named
-    format, or the path of a dataset description YAML (see :mod:`semseg.data.description`)."""
+    """``data.dataset`` is "shapes" (built in), "folder", a named format, or a description YAML's path."""
     data = config.data
     if data.dataset == "shapes":
         return _shapes(data.options)
-    described = data.dataset.endswith((".yaml", ".yml"))
-    if not described and data.dataset not in DATASETS:
-        raise ConfigError(f"data.dataset {data.dataset!r} is unknown; valid datasets: {', '.join(DATASETS)}")
-    if described:
-        description = load_description(data.dataset)
-    elif data.root is None:
-        raise ConfigError(f"data.root is required for data.dataset={data.dataset!r}")
-    root = Path(data.root or ".")
-    if not described and not root.exists():
-        raise ConfigError(f"data.root {root} does not exist")
-
-    def make(split: str, train: bool) -> Any:
-        if described:
-            ds = description.dataset(split)
-        elif data.dataset == "folder":
-            ds = FolderDataset(root / split, **data.options)
-        else:
-            ds = _FILE_DATASETS[data.dataset](root, split, **data.options)
-        if train and data.crop_size is not None:
-            ds.transform = train_transforms(data.crop_size, scale=tuple(data.scale), mean=ds.mean, std=ds.std,
-                                            ignore_index=ds.ignore_index, seed=config.seed)  # fmt: skip
-        else:
-            ds.transform = eval_transforms(ds.mean, ds.std)
-        return ds
-
-    train, val = make(data.train_split, True), make(data.val_split, False)
+    try:
+        train = open_dataset(data.dataset, data.train_split, root=data.root, options=data.options)
+        val = open_dataset(data.dataset, data.val_split, root=data.root, options=data.options)
+    except ConfigError as exc:
+        raise ConfigError(f"data: {exc}") from None
+    if data.crop_size is not None:
+        train.transform = train_transforms(data.crop_size, scale=tuple(data.scale), mean=train.mean, std=train.std,
+                                           ignore_index=train.ignore_index, seed=config.seed)  # fmt: skip
     if train.ignore_index != config.ignore_index:
         raise ConfigError(f"ignore_index is {config.ignore_index} but the dataset marks ignored pixels with "
                           f"{train.ignore_index}; set ignore_index: {train.ignore_index}")  # fmt: skip
