@@ -55,6 +55,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from semseg.inference.predict import predict_files
+    from semseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile, flip=args.flip,
+                                          scales=args.scales)  # fmt: skip
+    summary = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay,
+                            cutout_classes=args.cutout, progress=not args.quiet)  # fmt: skip
+    for item, reason in summary["failed"].items():
+        print(f"semseg predict: skipped {item}: {reason}", file=sys.stderr)
+    print(f"{summary['images']} image(s) segmented, {len(summary['failed'])} failed; outputs in {args.out}/")
+    return 1 if summary["failed"] else 0
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated scales such as 0.75,1,1.25, got {text!r}") from None
+    if min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    return values
+
+
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from semseg.data.check import run_check_command
 
@@ -122,6 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="folder for metrics.json, per_class.md and confusion.png")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="segment images: palette masks, overlays, cut-outs")
+    pr.add_argument("checkpoint", help="a .safetensors file written by semseg train or demo")
+    pr.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    pr.add_argument("--out", required=True, help="output folder (masks/, overlays/, cutouts/, summary.json)")
+    pr.add_argument("--cutout", nargs="+", default=[], metavar="CLASS", help="write RGBA cut-outs keeping these classes")
+    pr.add_argument("--no-overlay", action="store_true", help="skip the colour overlays")
+    pr.add_argument("--tile", type=_positive_int, help="sliding-window size for large images (e.g. 512)")
+    pr.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
+    pr.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.75,1,1.25")
+    pr.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_cmd_predict)
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

@@ -58,3 +58,15 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | Path) -> Pat
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]], alpha: float = 0.5) -> Image.Image:
+    """The image with each pixel tinted by its class colour (``alpha`` = colour's share)."""
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(mask, palette).astype(np.float32)
+    return Image.fromarray(blended.round().astype(np.uint8))
+
+
+def cutout(image: np.ndarray, mask: np.ndarray, keep: Sequence[int]) -> Image.Image:
+    """RGBA image: the pixels of the classes in ``keep`` opaque, everything else transparent."""
+    alpha = np.isin(mask, list(keep)).astype(np.uint8) * 255
+    return Image.fromarray(np.dstack([image, alpha]), mode="RGBA")

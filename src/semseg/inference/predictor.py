@@ -1,0 +1,195 @@
+"""Predictor: images of any size and kind in, label maps (and class probabilities) out.
+
+Everything around ``model(x)`` lives here, once: reading the input, normalising with the
+checkpoint's statistics, padding tiny images, sliding-window inference for images too
+large to run whole (with blended overlaps and memory bounded by the image *width*), and
+flip / multi-scale test-time augmentation as in the PSPNet and DeepLab papers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from semseg.engine.checkpoint import load_model
+
+ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
+MIN_SIZE = 32  # every semseg model accepts inputs from 32x32 up
+
+
+def to_rgb_array(image: ImageLike) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB from a path, PIL image, ``(H, W[, 3|4])`` array or ``(3, H, W)`` tensor."""
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as opened:
+                return np.array(opened.convert("RGB"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read image {image}: {exc}") from None
+    if isinstance(image, Image.Image):
+        return np.array(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"a tensor image must be (3, H, W) or (1, H, W), got {tuple(image.shape)}")
+        array = image.detach().cpu()
+        array = (array.clamp(0, 1) * 255).round().byte() if array.is_floating_point() else array.byte()
+        image = array.permute(1, 2, 0).numpy()
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+            raise ValueError(f"an array image must be (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"an array image must be uint8, got {image.dtype}; scale it to 0..255 first")
+        return np.ascontiguousarray(np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3])
+    raise TypeError(f"cannot read an image from {type(image).__name__}")
+
+
+class Predictor:
+    """Segments images with a model and the pre/post-processing its checkpoint describes.
+
+    ``tile``: run windows of ``tile x tile`` pixels (stride ``tile * (1 - overlap)``),
+    blending overlaps with a tent weight, for images larger than ``tile`` in either side.
+    ``scales`` and ``flip``: test-time augmentation; probabilities are averaged.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]],
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: str | torch.device = "cpu",
+        tile: int | None = None,
+        overlap: float = 1 / 3,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+    ) -> None:
+        if tile is not None and tile < MIN_SIZE:
+            raise ValueError(f"tile must be at least {MIN_SIZE} pixels, got {tile}")
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if not scales or min(scales) <= 0:
+            raise ValueError(f"scales must be positive, got {list(scales)}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.classes, self.palette = list(classes), [tuple(c) for c in palette]
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.tile, self.overlap, self.scales, self.flip = tile, overlap, tuple(scales), flip
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", **options: Any) -> Predictor:
+        """A predictor for a ``.safetensors`` file written by ``semseg train`` (or ``demo``)."""
+        model, meta = load_model(path)
+        return cls(model, classes=meta["classes"], palette=meta["palette"], mean=meta["mean"], std=meta["std"],
+                   device=device, **options)  # fmt: skip
+
+    @torch.inference_mode()
+    def __call__(self, image: ImageLike, *, return_probs: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """The ``(H, W)`` uint8 label map of ``image`` (and ``(C, H, W)`` float32 probabilities on request)."""
+        rgb = to_rgb_array(image)
+        if return_probs:
+            probs = self._probabilities(rgb)
+            return probs.argmax(0).astype(np.uint8), probs
+        return np.concatenate(list(self._label_bands(rgb)), axis=0)
+
+    def predict_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
+        """Label maps of several images (any mix of sizes and kinds)."""
+        return [self(image) for image in images]
+
+    def _probabilities(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        if self.tile is None or max(h, w) <= self.tile:
+            return self._whole(self._tensor(rgb))[0].cpu().float().numpy()
+        return np.concatenate([band for band, _ in self._tiled(rgb)], axis=1)
+
+    def _label_bands(self, rgb: np.ndarray) -> Iterator[np.ndarray]:
+        h, w = rgb.shape[:2]
+        if self.tile is None or max(h, w) <= self.tile:
+            yield self._whole(self._tensor(rgb))[0].argmax(0).byte().cpu().numpy()
+            return
+        for band, _ in self._tiled(rgb):
+            yield band.argmax(0).astype(np.uint8)
+
+    def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255)
+        return (x - self.mean) / self.std
+
+    def _whole(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities ``(1, C, H, W)`` averaged over scales (and flips)."""
+        h, w = x.shape[-2:]
+        total = None
+        for scale in self.scales:
+            size = (max(MIN_SIZE, round(h * scale)), max(MIN_SIZE, round(w * scale)))
+            xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            views = [xs, xs.flip(-1)] if self.flip else [xs]
+            for i, view in enumerate(views):
+                probs = self._forward(view).softmax(1)
+                probs = probs.flip(-1) if i == 1 else probs
+                if probs.shape[-2:] != (h, w):
+                    probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+                total = probs if total is None else total + probs
+        return total / (len(self.scales) * (2 if self.flip else 1))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the input size; inputs under 32 pixels are padded (reflected) and cropped back."""
+        h, w = x.shape[-2:]
+        ph, pw = max(0, MIN_SIZE - h), max(0, MIN_SIZE - w)
+        if ph or pw:
+            x = F.pad(x, [0, pw, 0, ph], mode="replicate")
+        return self.model(x)[..., :h, :w]
+
+    def _tiled(self, rgb: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+        """Finished rows of the probability map, a band at a time: ``((C, rows, W), first_row)``.
+
+        Only one band of ``tile`` rows is held, so memory grows with the width, never the height.
+        """
+        h, w = rgb.shape[:2]
+        tile = self.tile
+        stride = max(1, int(tile * (1 - self.overlap)))
+        tops = _starts(h, tile, stride)
+        lefts = _starts(w, tile, stride)
+        weight = _tent(min(tile, h), min(tile, w), self.device)
+        acc = band_weight = None
+        for k, top in enumerate(tops):
+            rows = min(tile, h - top)
+            acc_new = torch.zeros(len(self.classes), rows, w, device=self.device)
+            wsum_new = torch.zeros(rows, w, device=self.device)
+            if acc is not None:  # carry over the rows the previous band shares with this one
+                shared = prev_top + acc.shape[1] - top
+                acc_new[:, :shared], wsum_new[:shared] = acc[:, -shared:], band_weight[-shared:]
+            acc, band_weight = acc_new, wsum_new
+            for left in lefts:
+                cols = min(tile, w - left)
+                window = self._tensor(rgb[top : top + rows, left : left + cols])
+                tw = weight[:rows, :cols]
+                acc[:, :, left : left + cols] += self._whole(window)[0] * tw
+                band_weight[:, left : left + cols] += tw
+            done = rows if k == len(tops) - 1 else tops[k + 1] - top
+            yield (acc[:, :done] / band_weight[:done]).cpu().numpy(), top
+            prev_top = top
+
+
+def _starts(size: int, tile: int, stride: int) -> list[int]:
+    """Window starts covering ``0..size`` with windows of ``tile`` (the last one flush with the end)."""
+    if size <= tile:
+        return [0]
+    count = math.ceil((size - tile) / stride) + 1
+    return sorted({min(i * stride, size - tile) for i in range(count)})
+
+
+def _tent(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Blending weights: highest at the window's centre, small but non-zero at its border."""
+    ys = 1 - (torch.arange(h, device=device) + 0.5 - h / 2).abs() / (h / 2)
+    xs = 1 - (torch.arange(w, device=device) + 0.5 - w / 2).abs() / (w / 2)
+    return (ys[:, None] * xs[None, :]).clamp_min(1e-3)
