@@ -161,12 +161,13 @@ class Predictor:
         lefts = _starts(w, tile, stride)
         weight = _tent(min(tile, h), min(tile, w), self.device)
         acc = band_weight = None
+        prev_end = 0  # one past the last row of the previous band
         for k, top in enumerate(tops):
             rows = min(tile, h - top)
             acc_new = torch.zeros(len(self.classes), rows, w, device=self.device)
             wsum_new = torch.zeros(rows, w, device=self.device)
             if acc is not None:  # carry over the rows the previous band shares with this one
-                shared = prev_top + acc.shape[1] - top
+                shared = prev_end - top
                 acc_new[:, :shared], wsum_new[:shared] = acc[:, -shared:], band_weight[-shared:]
             acc, band_weight = acc_new, wsum_new
             for left in lefts:
@@ -176,8 +177,8 @@ class Predictor:
                 acc[:, :, left : left + cols] += self._whole(window)[0] * tw
                 band_weight[:, left : left + cols] += tw
             done = rows if k == len(tops) - 1 else tops[k + 1] - top
+            prev_end = top + rows
             yield (acc[:, :done] / band_weight[:done]).cpu().numpy(), top
-            prev_top = top
 
 
 def _starts(size: int, tile: int, stride: int) -> list[int]:
