@@ -64,3 +64,32 @@ def test_bad_scales_are_a_usage_error(checkpoint, images, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["predict", str(checkpoint), str(images), "--out", str(tmp_path), "--scales", "1,x"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_checks_parity_and_embeds_metadata(checkpoint, tmp_path, capsys, fmt):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / f"m.{'onnx' if fmt == 'onnx' else 'pt'}"
+    assert main(["export", str(checkpoint), "--format", fmt, "--out", str(out)]) == 0
+    assert "max abs diff" in capsys.readouterr().out
+    if fmt == "onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+        assert json.loads(props["semseg.classes"]) == CLASSES
+
+
+def test_onnxruntime_predictor_gives_the_same_masks(checkpoint, images, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from semseg.inference import Predictor
+
+    onnx_path = tmp_path / "m.onnx"
+    assert main(["export", str(checkpoint), "--out", str(onnx_path)]) == 0
+    torch_pred = Predictor.from_checkpoint(checkpoint)
+    ort_pred = Predictor.from_checkpoint(onnx_path, backend="onnxruntime")
+    assert ort_pred.classes == CLASSES
+    for path in [images / "a" / "0.png", images / "a" / "1.jpg"]:
+        assert np.array_equal(ort_pred(path), torch_pred(path))
+    code = main(["predict", str(onnx_path), str(images / "b"), "--backend", "onnxruntime", "--out", str(tmp_path / "p"),
+                 "--quiet"])  # fmt: skip
+    assert code == 0 and (tmp_path / "p" / "masks" / "0.png").is_file()

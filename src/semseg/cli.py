@@ -59,14 +59,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from semseg.inference.predict import predict_files
     from semseg.inference.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tile=args.tile, flip=args.flip,
-                                          scales=args.scales)  # fmt: skip
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend, tile=args.tile,
+                                          flip=args.flip, scales=args.scales)  # fmt: skip
     summary = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay,
                             cutout_classes=args.cutout, progress=not args.quiet)  # fmt: skip
     for item, reason in summary["failed"].items():
         print(f"semseg predict: skipped {item}: {reason}", file=sys.stderr)
     print(f"{summary['images']} image(s) segmented, {len(summary['failed'])} failed; outputs in {args.out}/")
     return 1 if summary["failed"] else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from semseg.inference.export import export
+
+    worst = export(args.checkpoint, args.out, fmt=args.format)
+    print(f"wrote {args.out}; parity with PyTorch on 3 input sizes: max abs diff {worst:.2e}")
+    return 0
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -156,9 +164,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tile", type=_positive_int, help="sliding-window size for large images (e.g. 512)")
     pr.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
     pr.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.75,1,1.25")
+    pr.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                    help="onnxruntime runs a file written by semseg export")
     pr.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
+
+    ex = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript (dynamic batch/H/W), with a parity check")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    ex.add_argument("--out", required=True, help="output file (.onnx or .pt)")
+    ex.set_defaults(func=_cmd_export)
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

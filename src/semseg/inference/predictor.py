@@ -62,7 +62,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Any,
         *,
         classes: Sequence[str],
         palette: Sequence[Sequence[int]],
@@ -88,9 +88,20 @@ class Predictor:
         self.tile, self.overlap, self.scales, self.flip = tile, overlap, tuple(scales), flip
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", **options: Any) -> Predictor:
-        """A predictor for a ``.safetensors`` file written by ``semseg train`` (or ``demo``)."""
-        model, meta = load_model(path)
+    def from_checkpoint(
+        cls, path: str | Path, *, device: str | torch.device = "cpu", backend: str = "torch", **options: Any
+    ) -> Predictor:
+        """A predictor for a ``.safetensors`` checkpoint (``backend="torch"``) or an ``.onnx`` file
+        written by ``semseg export`` (``backend="onnxruntime"``, CPU)."""
+        if backend == "onnxruntime":
+            from semseg.inference.export import OnnxModel
+
+            model = OnnxModel(path)
+            meta = model.metadata
+        elif backend == "torch":
+            model, meta = load_model(path)
+        else:
+            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         return cls(model, classes=meta["classes"], palette=meta["palette"], mean=meta["mean"], std=meta["std"],
                    device=device, **options)  # fmt: skip
 
