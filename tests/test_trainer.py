@@ -184,7 +184,12 @@ def test_train_then_evaluate_a_custom_folder_dataset(custom_dataset, tmp_path, c
     # The validation pass inside training saw the same images with the same weights.
     assert metrics["mIoU"] == pytest.approx(result["mIoU"])
     assert metrics["images"] == 2
-    assert sorted(p.name for p in report.iterdir()) == ["confusion.png", "metrics.json", "per_class.md"]
+    assert sorted(p.name for p in report.iterdir()) == ["confusion.png", "metrics.json", "per_class.md", "worst"]
+    assert len(list((report / "worst").iterdir())) == 2  # both val images, worst first
+
+    args += ["--flip", "--scales", "0.75,1", "--tile", "32"]
+    assert main(args) == 0
+    assert json.loads((report / "metrics.json").read_text())["flip"] is True
 
 
 def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, recipe, custom_dataset):
@@ -192,7 +197,7 @@ def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, recipe, custom_
     fit(load_config(recipe, [f"out={out}", "epochs=1"]), progress=False)
     (tmp_path / "two.yaml").write_text(custom_dataset.read_text().replace(
         "classes: [background, disk, square, triangle, cross]", "classes: [a, b, c, d, e]"))
-    from semseg.engine.evaluate import evaluate_checkpoint
+    from semseg.inference.evaluation import evaluate_checkpoint
 
     with pytest.raises(ValueError, match="evaluate on the dataset it was trained for"):
         evaluate_checkpoint(out / "last.safetensors", str(tmp_path / "two.yaml"), progress=False)

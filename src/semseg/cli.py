@@ -44,14 +44,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from semseg.engine.evaluate import evaluate_checkpoint, per_class_table
+    from semseg.inference.evaluation import evaluate_checkpoint, per_class_table
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, root=args.root, split=args.split,
-                                  batch_size=args.batch_size, device=args.device, out=args.out,
+    metrics = evaluate_checkpoint(args.checkpoint, args.data, root=args.root, split=args.split, device=args.device,
+                                  tile=args.tile, flip=args.flip, scales=args.scales, out=args.out,
                                   progress=not args.quiet)  # fmt: skip
     print(per_class_table(metrics))
     if args.out:
-        print(f"wrote metrics.json, per_class.md and confusion.png to {args.out}/")
+        print(f"wrote metrics.json, per_class.md, confusion.png and worst/ to {args.out}/")
     return 0
 
 
@@ -149,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="a dataset description .yaml, or camvid | voc | cityscapes | ade20k | folder")
     ev.add_argument("--root", help="dataset root (for the named formats)")
     ev.add_argument("--split", default="val", help="default: val")
-    ev.add_argument("--batch-size", type=_positive_int, default=1, help="default: 1 (images may differ in size)")
+    ev.add_argument("--tile", type=_positive_int, help="sliding-window size (e.g. 512) for large images")
+    ev.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
+    ev.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.5,0.75,1,1.25,1.5,1.75")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     ev.add_argument("--out", help="folder for metrics.json, per_class.md and confusion.png")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
