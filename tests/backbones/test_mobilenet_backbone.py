@@ -54,7 +54,7 @@ def test_structure_and_key_names_follow_torchvision() -> None:
     }
     assert {k: shapes.get(k) for k in expected} == expected
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert all(bn.eps == 1e-3 and bn.momentum == 0.01 for bn in bns)
+    assert all(bn.eps == 1e-3 and bn.momentum == 0.1 for bn in bns)
 
 
 @pytest.mark.parametrize("dilated", [False, True])

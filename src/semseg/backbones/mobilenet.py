@@ -25,10 +25,13 @@ from torch import nn
 from semseg.backbones.base import Backbone, FeatureInfo
 from semseg.layers import ConvBNAct
 
-# torchvision builds its BatchNorms with these (TensorFlow's defaults, which the
-# reference training used); timm's mobilenetv3_large_100 was trained with PyTorch's eps.
+# torchvision builds its BatchNorms with eps 1e-3 (TensorFlow's default, which the
+# reference training used), and its weights must run with it; timm's mobilenetv3_large_100
+# was trained with PyTorch's eps. torchvision's momentum of 0.01 is *not* copied: it only
+# affects training, and on a segmentation dataset of a few hundred images (tens of steps
+# an epoch) running statistics that slow leave eval-mode outputs meaningless for many
+# epochs (seen on CamVid: one class predicted everywhere after 2 epochs). PyTorch's 0.1 it is.
 TORCHVISION_BN_EPS = 1e-3
-TORCHVISION_BN_MOMENTUM = 0.01
 TIMM_BN_EPS = 1e-5
 
 
@@ -148,7 +151,7 @@ class MobileNetV3(Backbone):
             "low": FeatureInfo(low_channels, strides[self._low_index]),
             "out": FeatureInfo(_LAST_CHANNELS, strides[self._out_index]),
         }
-        set_batch_norm_eps(self, TORCHVISION_BN_EPS, momentum=TORCHVISION_BN_MOMENTUM)
+        set_batch_norm_eps(self, TORCHVISION_BN_EPS)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -179,16 +182,14 @@ def mobilenet_v3_large(*, output_stride: int = 32) -> MobileNetV3:
     return MobileNetV3(dilated=output_stride == 16)
 
 
-def set_batch_norm_eps(module: nn.Module, eps: float, *, momentum: float | None = None) -> None:
-    """Set ``eps`` (and ``momentum`` if given) of every BatchNorm in ``module``.
+def set_batch_norm_eps(module: nn.Module, eps: float) -> None:
+    """Set ``eps`` of every BatchNorm in ``module``.
 
     Weights must run with the eps they were trained with for outputs to match the source.
     """
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.eps = eps
-            if momentum is not None:
-                m.momentum = momentum
 
 
 def remap_timm_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
