@@ -30,6 +30,7 @@ from PIL import Image
 from semseg.data import ade20k, camvid, cityscapes, voc
 from semseg.data.base import IMAGE_SUFFIXES, MaskDecoder, list_some, read_mask
 from semseg.data.description import load_description
+from semseg.data.folder import scan_by_stem
 
 DATASET_NAMES = ("camvid", "voc", "cityscapes", "ade20k", "folder")
 _ERRORS_SHOWN = 50
@@ -348,15 +349,8 @@ def _files_by_stem(folder: Path, strip: str, problems: list[tuple[str, str]]) ->
     if not folder.is_dir():
         problems.append((str(folder), "folder does not exist"))
         return {}
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if not (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem.endswith(strip)):
-            continue
-        stem = p.stem[: len(p.stem) - len(strip)]
-        if stem in found:
-            problems.append((str(p), f"same name as {found[stem].name}, so pairing is ambiguous; keep one"))
-        else:
-            found[stem] = p
+    found, clashes = scan_by_stem(folder, strip)
+    problems.extend((str(p), f"same name as {earlier.name}, so pairing is ambiguous; keep one") for p, earlier in clashes)
     return found
 
 

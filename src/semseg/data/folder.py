@@ -8,20 +8,30 @@ from pathlib import Path
 from semseg.data.base import IMAGE_SUFFIXES, MaskDecoder, PairedDataset, Transform, list_some
 
 
+def scan_by_stem(folder: Path, strip: str = "") -> tuple[dict[str, Path], list[tuple[Path, Path]]]:
+    """Image files in ``folder`` keyed by stem (minus the suffix ``strip``), and each
+    ``(file, earlier file)`` whose stem was already taken (``a.png`` beside ``a.jpg``)."""
+    found: dict[str, Path] = {}
+    clashes: list[tuple[Path, Path]] = []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem.endswith(strip):
+            stem = p.stem[: len(p.stem) - len(strip)]
+            if stem in found:
+                clashes.append((p, found[stem]))
+            else:
+                found[stem] = p
+    return found, clashes
+
+
 def _by_stem(folder: Path, strip: str = "") -> dict[str, Path]:
     """Image files in ``folder`` keyed by stem (minus the suffix ``strip``); duplicate stems are an error."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a directory")
-    found: dict[str, list[Path]] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem.endswith(strip):
-            found.setdefault(p.stem[: len(p.stem) - len(strip)], []).append(p)
-    clashes = [f"{stem} ({', '.join(p.name for p in ps)})" for stem, ps in found.items() if len(ps) > 1]
+    found, clashes = scan_by_stem(folder, strip)
     if clashes:
-        raise ValueError(
-            f"{folder} has several files per name, so pairing is ambiguous: {list_some(clashes)}; keep one"
-        )
-    return {stem: ps[0] for stem, ps in found.items()}
+        names = [f"{earlier.name}, {p.name}" for p, earlier in clashes]
+        raise ValueError(f"{folder} has several files per name, so pairing is ambiguous: {list_some(names)}; keep one")
+    return found
 
 
 def pair_by_stem(images_dir: Path, masks_dir: Path, *, mask_suffix: str = "") -> list[tuple[Path, Path]]:

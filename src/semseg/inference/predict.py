@@ -9,11 +9,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from semseg.data.base import IMAGE_SUFFIXES
 from semseg.inference.predictor import Predictor, to_rgb_array
 from semseg.visualize import cutout, overlay, palette_image
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
     """Image files named directly, inside folders (not recursive) or matched by globs; plus what matched nothing."""
