@@ -93,3 +93,18 @@ def test_onnxruntime_predictor_gives_the_same_masks(checkpoint, images, tmp_path
     code = main(["predict", str(onnx_path), str(images / "b"), "--backend", "onnxruntime", "--out", str(tmp_path / "p"),
                  "--quiet"])  # fmt: skip
     assert code == 0 and (tmp_path / "p" / "masks" / "0.png").is_file()
+
+
+@pytest.mark.parametrize("extra", [[], ["--channels-last", "--bf16"], ["--backend", "onnxruntime"]])
+def test_benchmark_prints_latency_and_share_of_peak(capsys, extra):
+    if "onnxruntime" in extra:
+        pytest.importorskip("onnxruntime")
+    assert main(["benchmark", "--model", "lraspp", "--size", "64x64", "--repeats", "2", *extra]) == 0
+    out = capsys.readouterr().out
+    assert "3.22M params" in out and "latency median" in out and "% of the measured peak" in out
+
+
+def test_benchmark_rejects_torch_only_flags_on_onnxruntime(capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["benchmark", "--model", "lraspp", "--size", "64x64", "--backend", "onnxruntime", "--bf16"]) == 1
+    assert "apply to the torch backend only" in capsys.readouterr().err

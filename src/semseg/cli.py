@@ -77,6 +77,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from semseg.inference.benchmark import benchmark
+
+    r = benchmark(args.model, size=args.size, batch=args.batch, backend=args.backend, channels_last=args.channels_last,
+                  bf16=args.bf16, repeats=args.repeats)  # fmt: skip
+    print(f"{r['model']} {r['size']} batch {r['batch']} ({r['backend']}{', channels_last' if args.channels_last else ''}"
+          f"{', bf16' if args.bf16 else ''}): {r['params_M']:.2f}M params, {r['gflops']:.1f} GFLOPs/image")
+    print(f"latency median {r['latency_ms_median']:.1f} ms, p90 {r['latency_ms_p90']:.1f} ms; "
+          f"{r['images_per_s']:.2f} images/s; {r['achieved_gflops_per_s']:.1f} GFLOP/s = "
+          f"{100 * r['share_of_peak']:.0f}% of the measured peak {r['peak_gflops_per_s']:.1f} GFLOP/s")
+    return 0
+
+
 def _scales(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -177,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     ex.add_argument("--out", required=True, help="output file (.onnx or .pt)")
     ex.set_defaults(func=_cmd_export)
+
+    bm = sub.add_parser("benchmark", help="latency, throughput and share of this machine's peak for a model")
+    bm.add_argument("--model", required=True)
+    bm.add_argument("--size", type=_size, default=(512, 512), help="HxW (default: 512x512)")
+    bm.add_argument("--batch", type=_positive_int, default=1)
+    bm.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    bm.add_argument("--channels-last", action="store_true")
+    bm.add_argument("--bf16", action="store_true", help="bfloat16 autocast (torch backend)")
+    bm.add_argument("--repeats", type=_positive_int, default=10, help="timed batches after 2 warm-up ones")
+    bm.set_defaults(func=_cmd_benchmark)
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

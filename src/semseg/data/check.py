@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from semseg.data import ade20k, camvid, cityscapes, voc
-from semseg.data.base import IMAGE_SUFFIXES, MaskDecoder, list_some, read_mask
+from semseg.data.base import MaskDecoder, list_some, read_mask
 from semseg.data.description import load_description
 from semseg.data.folder import scan_by_stem
 

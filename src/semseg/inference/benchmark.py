@@ -1,0 +1,110 @@
+"""``semseg benchmark``: how fast a model runs here, and how close to this machine's peak.
+
+Latency is measured per batch after warm-up; throughput and achieved GFLOP/s follow
+from it and the model's counted FLOPs. The peak is measured in the same run with a
+large matmul and a large convolution in the same dtype, so the ratio compares like with
+like on whatever machine runs the command.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from semseg.profile import model_cost
+from semseg.registry import create_model
+
+
+def measure_peak_gflops(dtype: torch.dtype = torch.float32, seconds: float = 1.0) -> float:
+    """Best GFLOP/s of a 768^2 matmul and a 128-channel 3x3 convolution on this CPU.
+
+    Sizes are modest so that a CPU without native bfloat16 (where bf16 runs emulated,
+    orders of magnitude slower) still finishes one call quickly; they are large enough
+    to keep every core's vector units busy.
+    """
+    n = 768
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1, bias=False).to(dtype)
+    x = torch.randn(1, 128, 56, 56, dtype=dtype)
+    tasks = [(lambda: a @ b, 2 * n**3), (lambda: conv(x), 2 * 56 * 56 * 128 * 128 * 9)]
+    best = 0.0
+    with torch.inference_mode():
+        for fn, flops in tasks:
+            fn()
+            runs, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds / len(tasks):
+                fn()
+                runs += 1
+            best = max(best, flops * runs / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def benchmark(
+    name: str,
+    *,
+    size: tuple[int, int],
+    batch: int = 1,
+    backend: str = "torch",
+    channels_last: bool = False,
+    bf16: bool = False,
+    num_classes: int = 21,
+    repeats: int = 10,
+) -> dict[str, float | str]:
+    """Params, GFLOPs, latency (median, p90), images/s, achieved GFLOP/s and its share of the peak."""
+    cost = model_cost(name, num_classes=num_classes, size=size)
+    model = create_model(name, num_classes=num_classes).eval()
+    x = torch.randn(batch, 3, *size)
+    run = _runner(model, x, backend=backend, channels_last=channels_last, bf16=bf16)
+    for _ in range(2):
+        run()
+    latencies = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        latencies.append(time.perf_counter() - start)
+    median = statistics.median(latencies)
+    p90 = sorted(latencies)[min(len(latencies) - 1, int(0.9 * len(latencies)))]
+    achieved = cost["gflops"] * batch / median
+    peak = measure_peak_gflops(torch.bfloat16 if bf16 else torch.float32)
+    return {
+        "model": name, "size": f"{size[0]}x{size[1]}", "batch": batch, "backend": backend,
+        "params_M": cost["params"] / 1e6, "gflops": cost["gflops"], "latency_ms_median": median * 1e3,
+        "latency_ms_p90": p90 * 1e3, "images_per_s": batch / median, "achieved_gflops_per_s": achieved,
+        "peak_gflops_per_s": peak, "share_of_peak": achieved / peak,
+    }  # fmt: skip
+
+
+def _runner(model, x: torch.Tensor, *, backend: str, channels_last: bool, bf16: bool) -> Callable[[], object]:
+    if backend == "onnxruntime":
+        if channels_last or bf16:
+            raise ValueError("--channels-last and --bf16 apply to the torch backend only")
+        return _onnx_runner(model, x)
+    if backend != "torch":
+        raise ValueError(f"backend must be torch or onnxruntime, got {backend!r}")
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+
+    def run() -> object:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(x)
+
+    return run
+
+
+def _onnx_runner(model, x: torch.Tensor) -> Callable[[], object]:
+    import warnings
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"])
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {"image": x.numpy()}
+    return lambda: session.run(None, feed)
