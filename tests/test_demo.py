@@ -65,6 +65,6 @@ def test_training_learns_on_a_short_run(tmp_path):
     result = run_demo(tmp_path, config, progress=False)
     losses = [h["train_loss"] for h in result["history"]]
     assert losses[-1] < 0.6 * losses[0], losses
-    val = SyntheticShapes(32, seed=config.seed * 3 + 2)
+    val = SyntheticShapes.split("val", 32, seed=config.seed)
     background = np.mean([(val.raw(i)[1] == 0).mean() for i in range(len(val))])
     assert result["mIoU"] > background / len(CLASSES) + 0.1, (result["mIoU"], background)

@@ -73,10 +73,9 @@ def run_demo(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     torch.manual_seed(config.seed)
-    # Different seeds for each split: validation and prediction images are never trained on.
-    train_set = SyntheticShapes(config.train_size, seed=config.seed * 3 + 1)
-    val_set = SyntheticShapes(config.val_size, seed=config.seed * 3 + 2)
-    predict_set = SyntheticShapes(config.predict_size, seed=config.seed * 3 + 3)
+    train_set = SyntheticShapes.split("train", config.train_size, seed=config.seed)
+    val_set = SyntheticShapes.split("val", config.val_size, seed=config.seed)
+    predict_set = SyntheticShapes.split("predict", config.predict_size, seed=config.seed)
     classes, palette = list(SyntheticShapes.classes), [list(c) for c in SyntheticShapes.palette]
     train_x, train_y = _materialise(train_set)
     val_x, val_y = _materialise(val_set)

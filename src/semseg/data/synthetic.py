@@ -158,3 +158,12 @@ class SyntheticShapes(Dataset):
         x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
         x = (x - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
         return x, torch.from_numpy(mask)
+
+    @classmethod
+    def split(cls, name: str, length: int, *, seed: int = 0, config: ShapesConfig = ShapesConfig()) -> SyntheticShapes:
+        """The ``"train"``, ``"val"`` or ``"predict"`` split of run ``seed``: disjoint generator seeds,
+        so validation and prediction images are never trained on."""
+        offsets = {"train": 1, "val": 2, "predict": 3}
+        if name not in offsets:
+            raise ValueError(f"unknown split {name!r}; valid splits: {', '.join(offsets)}")
+        return cls(length, seed=seed * len(offsets) + offsets[name], config=config)

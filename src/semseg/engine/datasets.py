@@ -80,7 +80,7 @@ def _shapes(options: dict[str, Any]) -> DatasetBundle:
         raise ConfigError(f"unknown data.options {', '.join(unknown)} for shapes; valid: {', '.join(sorted(valid))}")
     seed = options.get("seed", 0)
     shapes = ShapesConfig(size=options.get("size", ShapesConfig.size))
-    train = SyntheticShapes(options.get("train_size", 1000), seed=seed * 3 + 1, config=shapes)
-    val = SyntheticShapes(options.get("val_size", 100), seed=seed * 3 + 2, config=shapes)
+    train = SyntheticShapes.split("train", options.get("train_size", 1000), seed=seed, config=shapes)
+    val = SyntheticShapes.split("val", options.get("val_size", 100), seed=seed, config=shapes)
     return DatasetBundle(train, val, SyntheticShapes.classes, SyntheticShapes.palette, SyntheticShapes.mean,
                          SyntheticShapes.std, 255)  # fmt: skip

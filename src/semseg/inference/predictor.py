@@ -108,29 +108,26 @@ class Predictor:
     @torch.inference_mode()
     def __call__(self, image: ImageLike, *, return_probs: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """The ``(H, W)`` uint8 label map of ``image`` (and ``(C, H, W)`` float32 probabilities on request)."""
-        rgb = to_rgb_array(image)
-        if return_probs:
-            probs = self._probabilities(rgb)
-            return probs.argmax(0).astype(np.uint8), probs
-        return np.concatenate(list(self._label_bands(rgb)), axis=0)
+        labels, kept = [], []
+        for band in self._probability_bands(to_rgb_array(image)):
+            labels.append(band.argmax(0).astype(np.uint8))
+            if return_probs:  # otherwise each band is dropped once labelled: memory stays bounded by one band
+                kept.append(band)
+        labels = np.concatenate(labels, axis=0)
+        return (labels, np.concatenate(kept, axis=1)) if return_probs else labels
 
     def predict_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """Label maps of several images (any mix of sizes and kinds)."""
         return [self(image) for image in images]
 
-    def _probabilities(self, rgb: np.ndarray) -> np.ndarray:
+    def _probability_bands(self, rgb: np.ndarray) -> Iterator[np.ndarray]:
+        """``(C, rows, W)`` probabilities, top to bottom: the whole image at once, or tile-row bands."""
         h, w = rgb.shape[:2]
         if self.tile is None or max(h, w) <= self.tile:
-            return self._whole(self._tensor(rgb))[0].cpu().float().numpy()
-        return np.concatenate([band for band, _ in self._tiled(rgb)], axis=1)
-
-    def _label_bands(self, rgb: np.ndarray) -> Iterator[np.ndarray]:
-        h, w = rgb.shape[:2]
-        if self.tile is None or max(h, w) <= self.tile:
-            yield self._whole(self._tensor(rgb))[0].argmax(0).byte().cpu().numpy()
-            return
-        for band, _ in self._tiled(rgb):
-            yield band.argmax(0).astype(np.uint8)
+            yield self._whole(self._tensor(rgb))[0].cpu().float().numpy()
+        else:
+            for band, _ in self._tiled(rgb):
+                yield band
 
     def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255)
