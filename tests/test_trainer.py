@@ -45,7 +45,7 @@ def weights(out):
 def test_fit_writes_checkpoints_logs_and_curves(recipe, tmp_path):
     out = tmp_path / "run"
     result = fit(load_config(recipe, [f"out={out}"]), progress=False)
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.iterdir()) == [  # no tensorboard/: it is off by default
         "best.safetensors", "curves.png", "last.safetensors", "last.state.pt", "log.jsonl",
     ]
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -74,6 +74,53 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path)
         assert torch.equal(a[key], b[key]), key
     logged = [json.loads(line)["epoch"] for line in (split / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3, 4]
+
+
+def test_tensorboard_holds_the_jsonl_log_and_is_closed_when_a_run_stops_early(recipe, tmp_path, monkeypatch):
+    summary = pytest.importorskip("torch.utils.tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    closed = []
+    close = summary.SummaryWriter.close
+    monkeypatch.setattr(summary.SummaryWriter, "close", lambda self: closed.append(self) or close(self))
+    out = tmp_path / "run"
+    config = load_config(recipe, [f"out={out}", "epochs=2", "tensorboard=true"])
+    fit(config, stop_after=1, progress=False)
+    assert len(closed) == 1
+    fit(config, resume=True, progress=False)  # a second event file, from epoch 2 on
+    assert len(closed) == 2
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    groups = {"per_class_IoU": "val_IoU", "per_class_accuracy": "val_accuracy", "per_class_dice": "val_dice"}
+    expected: dict[str, list[float]] = {}
+    for record in log:
+        values = {"train/loss": record["train_loss"], "train/lr": record["lr"],
+                  "train/images_per_s": record["images_per_s"], "train/skipped_batches": record["skipped_batches"]}
+        for key, value in record["val"].items():
+            if key in groups:
+                values.update({f"{groups[key]}/{name}": v for name, v in value.items()})
+            else:
+                values[f"val/{key}"] = value
+        for tag, value in values.items():
+            expected.setdefault(tag, []).append(value)
+    assert {"val/mIoU", "val/pixel_accuracy", "val_IoU/background", "val_dice/cross"} <= expected.keys()
+    assert sorted(events.Tags()["scalars"]) == sorted(expected)
+    for tag, values in expected.items():
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2], tag
+        # TensorBoard stores float32; NaN where a class is absent from the tiny val set
+        assert [s.value for s in scalars] == pytest.approx(values, rel=1e-6, abs=1e-12, nan_ok=True), tag
+    assert expected["val/mIoU"] == [r["val_mIoU"] for r in log]
+
+
+def test_tensorboard_without_the_package_fails_before_training(recipe, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r'^tensorboard: true needs .*pip install "semseg\[tensorboard\]"'):
+        fit(load_config(recipe, [f"out={out}", "tensorboard=true"]), progress=False)
+    assert not out.exists()
 
 
 def test_resume_without_a_checkpoint_says_what_is_missing(recipe, tmp_path):

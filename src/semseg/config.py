@@ -76,6 +76,7 @@ class TrainConfig:
     epochs: int = 10
     seed: int = 0
     out: str = "runs/experiment"
+    tensorboard: bool = False  # also write the logged metrics to <out>/tensorboard/ (pip install "semseg[tensorboard]")
     device: str = "auto"
     amp: Literal["none", "bf16", "fp16"] = "none"
     grad_accum: int = 1

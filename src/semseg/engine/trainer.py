@@ -9,6 +9,7 @@ weights as a run that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -23,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from semseg import __version__
-from semseg.config import TrainConfig
+from semseg.config import ConfigError, TrainConfig
 from semseg.engine import distributed
 from semseg.engine.checkpoint import load_training_state, read_metadata, save_training_state, save_weights
 from semseg.engine.datasets import DatasetBundle, build_datasets
@@ -58,6 +59,7 @@ def _fit(
     config: TrainConfig, dist: distributed.DistInfo, *, resume: bool, stop_after: int | None, progress: bool
 ) -> dict[str, Any]:
     out = Path(config.out)
+    summary_writer = _summary_writer_class(config)  # before any work: fails if asked for but not installed
     torch.manual_seed(config.seed)  # same initial weights on every rank
     data = build_datasets(config)
     model = create_model(config.model.name, num_classes=len(data.classes), **config.model.options).to(dist.device)
@@ -97,34 +99,37 @@ def _fit(
         start_epoch, history, best = _restore(out, model, optimizer, scheduler, scaler)
     metadata = _metadata(config, data)
     end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        sampler.set_epoch(epoch)
-        loader_rng.manual_seed(config.seed * 100_003 + epoch)
-        transform = getattr(data.train, "transform", None)
-        if hasattr(transform, "reseed"):
-            transform.reseed(config.seed * 100_003 + epoch)
-        stats = train_one_epoch(
-            net, train_loader, optimizer, loss_fn, scheduler=scheduler, device=dist.device, amp=config.amp,
-            scaler=scaler, grad_accum=config.grad_accum, clip_grad_norm=config.clip_grad_norm,
-            max_nonfinite=config.max_nonfinite, desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
-        )  # fmt: skip
-        metrics = _evaluate(model, val_loader, data, dist, progress)
-        record = {"epoch": epoch + 1, "train_loss": stats["loss"], "val_mIoU": metrics["mIoU"],
-                  "lr": optimizer.param_groups[0]["lr"], "images_per_s": stats["images_per_s"] * dist.world_size,
-                  "skipped_batches": stats["skipped"]}  # fmt: skip
-        history.append(record)
-        if dist.is_main:
-            _log(out, {**record, "val": metrics}, progress)
-            is_best = metrics["mIoU"] > best
-            best = max(best, metrics["mIoU"])
-            meta = {**metadata, "epoch": epoch + 1, "metrics": metrics}
-            # Training state first: a crash between the two writes leaves an older state
-            # beside newer weights, which _restore detects, never the reverse.
-            save_training_state(out / "last.state.pt", _state(epoch + 1, history, best, optimizer, scheduler, scaler))
-            save_weights(model, out / "last.safetensors", **meta)
-            if is_best:
-                save_weights(model, out / "best.safetensors", **meta)
-        distributed.barrier()
+    # Closed (so flushed) however the loop ends: finished, stop_after, or an exception.
+    with _open_tensorboard(summary_writer, out, dist) as tensorboard:
+        for epoch in range(start_epoch, end_epoch):
+            sampler.set_epoch(epoch)
+            loader_rng.manual_seed(config.seed * 100_003 + epoch)
+            transform = getattr(data.train, "transform", None)
+            if hasattr(transform, "reseed"):
+                transform.reseed(config.seed * 100_003 + epoch)
+            stats = train_one_epoch(
+                net, train_loader, optimizer, loss_fn, scheduler=scheduler, device=dist.device, amp=config.amp,
+                scaler=scaler, grad_accum=config.grad_accum, clip_grad_norm=config.clip_grad_norm,
+                max_nonfinite=config.max_nonfinite, desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
+            )  # fmt: skip
+            metrics = _evaluate(model, val_loader, data, dist, progress)
+            record = {"epoch": epoch + 1, "train_loss": stats["loss"], "val_mIoU": metrics["mIoU"],
+                      "lr": optimizer.param_groups[0]["lr"], "images_per_s": stats["images_per_s"] * dist.world_size,
+                      "skipped_batches": stats["skipped"]}  # fmt: skip
+            history.append(record)
+            if dist.is_main:
+                _log(out, {**record, "val": metrics}, progress, tensorboard)
+                is_best = metrics["mIoU"] > best
+                best = max(best, metrics["mIoU"])
+                meta = {**metadata, "epoch": epoch + 1, "metrics": metrics}
+                # Training state first: a crash between the two writes leaves an older state
+                # beside newer weights, which _restore detects, never the reverse.
+                state = _state(epoch + 1, history, best, optimizer, scheduler, scaler)
+                save_training_state(out / "last.state.pt", state)
+                save_weights(model, out / "last.safetensors", **meta)
+                if is_best:
+                    save_weights(model, out / "best.safetensors", **meta)
+            distributed.barrier()
     if dist.is_main and history:
         plot_curves([{k: h[k] for k in ("epoch", "train_loss", "val_mIoU")} for h in history], out / "curves.png")
     return {**metrics, "history": history, "best_mIoU": best}
@@ -209,10 +214,49 @@ def _restore(out: Path, model, optimizer, scheduler, scaler) -> tuple[int, list,
     return state["epoch"], list(state["history"]), state["best_mIoU"]
 
 
-def _log(out: Path, record: dict[str, Any], progress: bool) -> None:
+def _summary_writer_class(config: TrainConfig) -> type | None:
+    """TensorBoard's ``SummaryWriter`` if ``config.tensorboard`` asks for it; an optional dependency."""
+    if not config.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError('tensorboard: true needs the tensorboard package: pip install "semseg[tensorboard]" '
+                          "(or set tensorboard: false)") from None  # fmt: skip
+    return SummaryWriter
+
+
+def _open_tensorboard(summary_writer: type | None, out: Path, dist: distributed.DistInfo):
+    """A writer on ``out/tensorboard/`` in the main process when enabled, else a context giving None."""
+    if summary_writer is None or not dist.is_main:
+        return contextlib.nullcontext()
+    return summary_writer(log_dir=str(out / "tensorboard"))
+
+
+def _tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The TensorBoard tag and value of every number in a ``log.jsonl`` record.
+
+    Tags are grouped as TensorBoard shows them: ``train/*``, ``val/*``, and one group per
+    per-class metric (``val_IoU/<class>``, ``val_accuracy/<class>``, ``val_dice/<class>``).
+    """
+    train = {"loss": "train_loss", "lr": "lr", "images_per_s": "images_per_s", "skipped_batches": "skipped_batches"}
+    scalars = {f"train/{tag}": record[key] for tag, key in train.items()}
+    for key, value in record["val"].items():
+        if isinstance(value, dict):
+            scalars.update({f"val_{key.removeprefix('per_class_')}/{name}": v for name, v in value.items()})
+        else:
+            scalars[f"val/{key}"] = value
+    return scalars
+
+
+def _log(out: Path, record: dict[str, Any], progress: bool, tensorboard: Any = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    if tensorboard is not None:
+        for tag, value in _tensorboard_scalars(record).items():
+            tensorboard.add_scalar(tag, value, global_step=record["epoch"])
+        tensorboard.flush()  # a live TensorBoard sees each epoch as it ends; a killed run keeps it
     if progress:
         print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val mIoU {record['val_mIoU']:.4f}  "
               f"lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s", flush=True)
