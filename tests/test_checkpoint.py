@@ -43,3 +43,10 @@ def test_foreign_safetensors_file_is_named(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="is not a semseg weight file"):
         read_metadata(tmp_path / "other.safetensors")
+
+
+def test_a_file_that_is_not_safetensors_is_named(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("just text")
+    with pytest.raises(ValueError, match="notes.safetensors is not a readable safetensors file"):
+        read_metadata(path)

@@ -1,33 +1,72 @@
-"""Every registered model exports to ONNX with dynamic batch, height and width, and ONNX
-Runtime then gives PyTorch's logits at sizes the export never saw (odd, not divisible by
-the pyramid bins or the output stride)."""
+"""Every registered model goes through ``semseg export`` (:func:`semseg.inference.export.export`)
+from a saved checkpoint: ONNX and TorchScript with dynamic batch, height and width, the
+classes, palette and normalisation inside the file, and the same logits as PyTorch at sizes
+the export never saw (odd, not divisible by the pyramid bins or the output stride)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 import semseg
+from semseg.engine.checkpoint import read_metadata, save_weights
+from semseg.inference import export as export_module
+from semseg.inference.export import export
 
 onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime")
 
-DYNAMIC = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
+META = {"classes": ["background", "road", "car"], "palette": [[0, 0, 0], [128, 64, 128], [0, 0, 142]],
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # fmt: skip
+# Sizes the export (traced at 64x64) never saw; the first runs at batch 1, the rest at batch 2.
+NEW_SIZES = ((33, 47), (97, 131))
+TOLERANCE = 1e-3  # largest absolute logit difference `semseg export` accepts (its default)
 
 
-@pytest.mark.parametrize("name", semseg.list_models())
-def test_onnx_export_matches_pytorch_at_new_sizes(name, tiny, tmp_path):
+@pytest.fixture(scope="module", params=semseg.list_models())
+def saved(request, tiny, tmp_path_factory):
+    """``(checkpoint, model)`` for each registered model, shared by its ONNX and TorchScript tests."""
+    name = request.param
     torch.manual_seed(0)
-    model = semseg.create_model(name, num_classes=3, **tiny(name)).eval()
-    path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(
-        model, (torch.randn(1, 3, 64, 64),), str(path), dynamo=False, opset_version=17,
-        input_names=["image"], output_names=["logits"], dynamic_axes=DYNAMIC,
-    )  # fmt: skip
-    onnx.checker.check_model(str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for shape in [(2, 3, 97, 131), (1, 3, 33, 47)]:
-        x = torch.randn(*shape)
-        (y,) = session.run(None, {"image": x.numpy()})
-        with torch.no_grad():
-            torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-4, atol=2e-4)
+    model = semseg.create_model(name, num_classes=len(META["classes"]), **tiny(name)).eval()
+    return save_weights(model, tmp_path_factory.mktemp(name) / f"{name}.safetensors", **META), model
+
+
+def test_onnx_export_embeds_metadata_and_matches_pytorch(saved, tmp_path):
+    checkpoint, _ = saved
+    out = tmp_path / "model.onnx"
+    max_abs_diff = export(checkpoint, out, fmt="onnx", check_sizes=NEW_SIZES, tolerance=TOLERANCE)
+    assert 0 <= max_abs_diff <= TOLERANCE
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto)
+    props = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert props == {**{f"semseg.{k}": v for k, v in META.items()},
+                     "semseg.model_config": read_metadata(checkpoint)["model_config"]}  # fmt: skip
+    for value in (*proto.graph.input, *proto.graph.output):
+        dims = [d.dim_param for d in value.type.tensor_type.shape.dim]
+        assert [dims[0], *dims[2:]] == ["batch", "height", "width"], value.name
+
+
+def test_torchscript_export_embeds_metadata_and_matches_pytorch(saved, tmp_path):
+    checkpoint, model = saved
+    out = tmp_path / "model.pt"
+    max_abs_diff = export(checkpoint, out, fmt="torchscript", check_sizes=NEW_SIZES[:1], tolerance=TOLERANCE)
+    assert 0 <= max_abs_diff <= TOLERANCE
+    extra = {"semseg.json": ""}
+    scripted = torch.jit.load(str(out), _extra_files=extra)
+    embedded = {k: json.loads(v) for k, v in json.loads(extra["semseg.json"]).items()}
+    assert embedded == {**META, "model_config": read_metadata(checkpoint)["model_config"]}
+    x = torch.randn(2, 3, 41, 53, generator=torch.Generator().manual_seed(1))  # another new size, batch 2
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=TOLERANCE)
+
+
+def test_export_fails_when_the_exported_model_disagrees(tmp_path, monkeypatch):
+    model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2)
+    checkpoint = save_weights(model, tmp_path / "unet.safetensors", **META)
+    runner = export_module._onnx_runner
+    monkeypatch.setattr(export_module, "_onnx_runner", lambda path: lambda x: runner(path)(x) + 0.01)
+    with pytest.raises(ValueError, match=r"exported onnx model differs from PyTorch by up to 1\.0\de-02 \(> 1e-03\)"):
+        export(checkpoint, tmp_path / "unet.onnx", check_sizes=NEW_SIZES[:1], tolerance=TOLERANCE)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -67,8 +67,12 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a file written by :func:`save_weights`, JSON values decoded."""
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except SafetensorError as exc:
+        raise ValueError(f"{path} is not a readable safetensors file ({exc}); pass a checkpoint written by "
+                         "semseg train or save_weights") from None  # fmt: skip
     if "model_config" not in raw:
         raise ValueError(f"{path} is not a semseg weight file: its metadata has no model_config")
     return {key: json.loads(value) for key, value in raw.items()}
