@@ -1,4 +1,5 @@
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -108,3 +109,114 @@ def test_benchmark_rejects_torch_only_flags_on_onnxruntime(capsys):
     pytest.importorskip("onnxruntime")
     assert main(["benchmark", "--model", "lraspp", "--size", "64x64", "--backend", "onnxruntime", "--bf16"]) == 1
     assert "apply to the torch backend only" in capsys.readouterr().err
+
+
+def _write_video(path, fourcc, frames=6, size=(64, 48)):
+    """A small clip: red left half, blue right half, and a white square moving across."""
+    cv2 = pytest.importorskip("cv2")
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10.0, (w, h))
+    assert writer.isOpened()
+    for i in range(frames):
+        rgb = np.zeros((h, w, 3), dtype=np.uint8)
+        rgb[:, : w // 2] = (220, 30, 30)
+        rgb[:, w // 2 :] = (30, 30, 220)
+        rgb[10:26, 4 + 8 * i : 20 + 8 * i] = 255
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def _read_video(path):
+    cv2 = pytest.importorskip("cv2")
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while (frame := capture.read())[0]:
+        frames.append(cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    capture.release()
+    return frames, fps
+
+
+@pytest.mark.parametrize(("suffix", "fourcc"), [(".mp4", "mp4v"), (".avi", "MJPG")])
+def test_video_is_segmented_frame_by_frame_into_an_overlay_video(checkpoint, tmp_path, capsys, suffix, fourcc):
+    from semseg.inference import Predictor
+    from semseg.visualize import overlay
+
+    clip = _write_video(tmp_path / f"clip{suffix}", fourcc)
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(clip), "--out", str(out), "--quiet", "--no-overlay"]) == 0
+    assert f"{clip}: 6 frames at" in capsys.readouterr().out
+    video = json.loads((out / "summary.json").read_text())["videos"][str(clip)]
+    assert video["output"] == f"videos/clip{suffix}" and video["frames"] == 6 and video["fps"] > 0
+    written, fps = _read_video(out / video["output"])
+    inputs, _ = _read_video(clip)
+    assert len(written) == 6 and written[0].shape == (48, 64, 3) and fps == pytest.approx(10.0)
+    # each written frame is the overlay of the RGB frame (not BGR), up to the codec's loss
+    predictor = Predictor.from_checkpoint(checkpoint)
+    for frame, result in zip(inputs, written):
+        expected = np.asarray(overlay(frame, predictor(frame), predictor.palette), dtype=np.float32)
+        assert np.abs(result.astype(np.float32) - expected).mean() < 8
+        swapped = np.asarray(overlay(frame[..., ::-1], predictor(frame[..., ::-1]), predictor.palette))
+        assert np.abs(result.astype(np.float32) - swapped).mean() > 30
+
+
+def test_videos_in_folders_are_found_and_unreadable_ones_reported(checkpoint, images, tmp_path, capsys):
+    _write_video(images / "b" / "clip.avi", "MJPG")
+    (images / "b" / "x.mp4").write_bytes(b"not a video at all")
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(images / "b"), "--out", str(out), "--quiet"]) == 1
+    assert f"skipped {images / 'b' / 'x.mp4'}: cannot open video" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 1 and (out / "masks" / "0.png").is_file()
+    clip = str(images / "b" / "clip.avi")
+    assert list(summary["videos"]) == [clip] and summary["videos"][clip]["frames"] == 6
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["clip.avi"]  # nothing left for x.mp4
+
+
+def test_videos_without_opencv_name_the_extra_and_images_still_work(checkpoint, images, tmp_path, monkeypatch):
+    from semseg.inference import Predictor
+    from semseg.inference.predict import predict_files
+
+    _write_video(images / "b" / "clip.mp4", "mp4v")
+    monkeypatch.setitem(sys.modules, "cv2", None)  # makes `import cv2` raise ImportError
+    predictor = Predictor.from_checkpoint(checkpoint)
+    summary = predict_files(predictor, [str(images / "b")], tmp_path / "out", progress=False)
+    assert summary["images"] == 1 and summary["videos"] == {}
+    assert 'pip install "semseg[video]"' in summary["failed"][str(images / "b" / "clip.mp4")]
+
+
+def test_video_output_never_overwrites_its_input(checkpoint, tmp_path, capsys):
+    (tmp_path / "out" / "videos").mkdir(parents=True)
+    clip = _write_video(tmp_path / "out" / "videos" / "clip.mp4", "mp4v")
+    before = clip.read_bytes()
+    assert main(["predict", str(checkpoint), str(clip), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    assert "refusing to overwrite the input" in capsys.readouterr().err
+    assert clip.read_bytes() == before
+
+
+def test_probs_are_float16_class_probabilities_matching_the_mask(checkpoint, images, tmp_path):
+    out = tmp_path / "out"
+    inputs = [str(images / "a" / "0.png"), str(images / "a" / "1.jpg")]
+    assert main(["predict", str(checkpoint), *inputs, "--out", str(out), "--probs", "--quiet"]) == 0
+    for stem, size in [("0", (40, 56)), ("1", (33, 35))]:
+        probs = np.load(out / "probs" / f"{stem}.npy")
+        assert probs.dtype == np.float16 and probs.shape == (len(CLASSES), *size)
+        assert np.allclose(probs.astype(np.float32).sum(0), 1, atol=1e-2)
+        with Image.open(out / "masks" / f"{stem}.png") as png:
+            mask = np.array(png)  # palette PNG: the values are the class ids
+        # float16 rounding can tie two classes but never reorders them
+        assert np.array_equal(np.take_along_axis(probs, mask[None].astype(np.int64), 0)[0], probs.max(0))
+        top2 = np.sort(probs, axis=0)[-2:]
+        untied = top2[1] > top2[0]
+        assert untied.mean() > 0.9 and np.array_equal(probs.argmax(0)[untied], mask[untied])
+
+
+def test_unloadable_model_files_are_named(images, tmp_path, capsys):
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    assert main(["predict", str(junk), str(images / "b"), "--backend", "onnxruntime", "--out", str(tmp_path / "o")]) == 1
+    assert "junk.onnx is not a model ONNX Runtime can load" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "gone.onnx"), str(images / "b"), "--backend", "onnxruntime",
+                 "--out", str(tmp_path / "o")]) == 1  # fmt: skip
+    assert "no such ONNX file" in capsys.readouterr().err

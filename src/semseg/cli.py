@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from semseg import __version__
 from semseg.demo import DemoConfig, run_demo
@@ -62,10 +64,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend, tile=args.tile,
                                           flip=args.flip, scales=args.scales)  # fmt: skip
     summary = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay,
-                            cutout_classes=args.cutout, progress=not args.quiet)  # fmt: skip
+                            cutout_classes=args.cutout, probs=args.probs, progress=not args.quiet)  # fmt: skip
     for item, reason in summary["failed"].items():
         print(f"semseg predict: skipped {item}: {reason}", file=sys.stderr)
-    print(f"{summary['images']} image(s) segmented, {len(summary['failed'])} failed; outputs in {args.out}/")
+    for item, video in summary["videos"].items():
+        print(f"{item}: {video['frames']} frames at {video['fps']:.1f} fps -> {args.out}/{video['output']}")
+    print(f"{summary['images']} image(s) and {len(summary['videos'])} video(s) segmented, "
+          f"{len(summary['failed'])} failed; outputs in {args.out}/")
     return 1 if summary["failed"] else 0
 
 
@@ -74,6 +79,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     worst = export(args.checkpoint, args.out, fmt=args.format)
     print(f"wrote {args.out}; parity with PyTorch on 3 input sizes: max abs diff {worst:.2e}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from semseg.serving.app import ServeSettings, serve
+    except ImportError as exc:
+        raise ValueError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): pip install \"semseg[serve]\"") from None
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"no such checkpoint or ONNX file: {args.checkpoint}")
+    settings = ServeSettings(checkpoint=args.checkpoint, backend=args.backend, device=args.device,
+                             threads=args.threads or max(1, (os.cpu_count() or 1) // args.workers),
+                             max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
+                             max_queue=args.max_queue)  # fmt: skip
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"semseg serve: warning: listening on {args.host}, beyond this machine; the API has no "
+              "authentication, so put it behind a proxy that has", file=sys.stderr)  # fmt: skip
+    serve(settings, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
     return 0
 
 
@@ -170,12 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="segment images: palette masks, overlays, cut-outs")
+    pr = sub.add_parser("predict", help="segment images and videos: palette masks, overlays, cut-outs, overlay videos")
     pr.add_argument("checkpoint", help="a .safetensors file written by semseg train or demo")
-    pr.add_argument("inputs", nargs="+", help="image files, folders or globs")
-    pr.add_argument("--out", required=True, help="output folder (masks/, overlays/, cutouts/, summary.json)")
-    pr.add_argument("--cutout", nargs="+", default=[], metavar="CLASS", help="write RGBA cut-outs keeping these classes")
-    pr.add_argument("--no-overlay", action="store_true", help="skip the colour overlays")
+    pr.add_argument("inputs", nargs="+", help="image or video (.mp4 .avi .mov .mkv) files, folders or globs")
+    pr.add_argument("--out", required=True,
+                    help="output folder (masks/, overlays/, cutouts/, probs/, videos/, summary.json)")
+    pr.add_argument("--cutout", nargs="+", default=[], metavar="CLASS",
+                    help="write RGBA cut-outs keeping these classes (images only)")
+    pr.add_argument("--no-overlay", action="store_true",
+                    help="skip the colour overlays of images (videos always get their overlay video)")
+    pr.add_argument("--probs", action="store_true",
+                    help="also write probs/STEM.npy per image: float16 class probabilities of shape "
+                         "(classes, H, W), summing to 1 over classes (images only, not videos)")
     pr.add_argument("--tile", type=_positive_int, help="sliding-window size for large images (e.g. 512)")
     pr.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
     pr.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.75,1,1.25")
@@ -190,6 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     ex.add_argument("--out", required=True, help="output file (.onnx or .pt)")
     ex.set_defaults(func=_cmd_export)
+
+    sv = sub.add_parser("serve", help="serve a checkpoint or ONNX file over HTTP (API, OpenAPI docs, web page)")
+    sv.add_argument("checkpoint", help=".safetensors checkpoint, or .onnx file from semseg export")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--workers", type=_positive_int, default=1, help="server processes, each with its own model")
+    sv.add_argument("--threads", type=_positive_int, help="torch threads per worker (default: cores / workers)")
+    sv.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                    help="auto: onnxruntime for .onnx files, torch otherwise")
+    sv.add_argument("--device", default="cpu", help="cpu, cuda, ... (torch backend)")
+    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default: 20 MiB)")
+    sv.add_argument("--max-pixels", type=_positive_int, default=25_000_000,
+                    help="largest image, width x height (default: 25 megapixels)")
+    sv.add_argument("--max-queue", type=_positive_int, default=32,
+                    help="requests allowed to wait for the model before 503 (default: 32)")
+    sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    sv.set_defaults(func=_cmd_serve)
 
     bm = sub.add_parser("benchmark", help="latency, throughput and share of this machine's peak for a model")
     bm.add_argument("--model", required=True)

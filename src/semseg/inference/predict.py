@@ -1,33 +1,50 @@
-"""``semseg predict``: segment files, folders and globs; write masks, overlays and cut-outs."""
+"""``semseg predict``: segment files, folders and globs of images and videos.
+
+Images give palette masks, overlays, cut-outs and (on request) class probabilities;
+videos give one overlay video each, written frame by frame at the input's FPS and size.
+"""
 
 from __future__ import annotations
 
 import glob
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from semseg.data.base import IMAGE_SUFFIXES
 from semseg.inference.predictor import Predictor, to_rgb_array
 from semseg.visualize import cutout, overlay, palette_image
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+VIDEO_HINT = 'reading videos needs OpenCV: pip install "semseg[video]"'
+
+
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Image files named directly, inside folders (not recursive) or matched by globs; plus what matched nothing."""
+    """Image and video files named directly, inside folders (not recursive) or matched by globs;
+    plus the inputs that matched nothing."""
+    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
     files, missing = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
         elif path.exists():
             found = [path]
         else:
-            found = sorted(Path(p) for p in glob.glob(item) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(Path(p) for p in glob.glob(item) if Path(p).suffix.lower() in suffixes)
         if not found:
             missing.append(item)
         files.extend(found)
     return list(dict.fromkeys(files)), missing
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def output_names(files: Sequence[Path]) -> dict[Path, str]:
@@ -51,38 +68,141 @@ def predict_files(
     *,
     overlays: bool = True,
     cutout_classes: Sequence[str] = (),
+    probs: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Segment every input; returns a summary. A file that cannot be read is reported and skipped."""
+    """Segment every input; returns a summary. A file that cannot be read is reported and skipped.
+
+    ``overlays``, ``cutout_classes`` and ``probs`` apply to images; a video always gives its
+    overlay video, since that is its only output.
+    """
     out = Path(out)
     unknown = [c for c in cutout_classes if c not in predictor.classes]
     if unknown:
         raise ValueError(f"--cutout class(es) {', '.join(unknown)} not in the model's classes: {', '.join(predictor.classes)}")
     keep = [predictor.classes.index(c) for c in cutout_classes]
     files, missing = expand_inputs(inputs)
-    failed = {item: "no such file, folder or matching image" for item in missing}
-    names = output_names(files)
+    failed = {item: "no such file, folder or matching image or video" for item in missing}
+    images = [p for p in files if not is_video(p)]
+    names = output_names(images)
     written = {}
-    for path in tqdm(files, desc="predict", disable=not progress, dynamic_ncols=True):
+    for path in tqdm(images, desc="predict", disable=not progress, dynamic_ncols=True):
         try:
             image = to_rgb_array(path)
         except ValueError as exc:
             failed[str(path)] = str(exc)
             continue
-        mask = predictor(image)
-        targets = {"masks": palette_image(mask, predictor.palette)}
-        if overlays:
-            targets["overlays"] = overlay(image, mask, predictor.palette)
-        if keep:
-            targets["cutouts"] = cutout(image, mask, keep)
-        for folder, picture in targets.items():
-            target = out / folder / f"{names[path]}.png"
-            if target.resolve() == path.resolve():
-                raise ValueError(f"refusing to overwrite the input {path}; choose another --out")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            picture.save(target)
+        _predict_image(predictor, image, path, out, names[path], overlays=overlays, keep=keep, probs=probs)
         written[str(path)] = f"{names[path]}.png"
-    summary = {"images": len(written), "outputs": written, "failed": failed, "out": str(out)}
+    videos = predict_videos(predictor, [p for p in files if is_video(p)], out, failed=failed, progress=progress)
+    summary = {"images": len(written), "outputs": written, "videos": videos, "failed": failed, "out": str(out)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _target(out: Path, folder: str, filename: str, source: Path) -> Path:
+    """``out/folder/filename``, its folder created; never the input itself."""
+    target = out / folder / filename
+    if target.resolve() == source.resolve():
+        raise ValueError(f"refusing to overwrite the input {source}; choose another --out")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _predict_image(
+    predictor: Predictor, image: np.ndarray, path: Path, out: Path, name: str, *,
+    overlays: bool, keep: Sequence[int], probs: bool,
+) -> None:  # fmt: skip
+    """Write the mask of the RGB ``image`` read from ``path`` (and its overlay, cut-out, probabilities)."""
+    if probs:
+        mask, probabilities = predictor(image, return_probs=True)
+        # float16 halves the file size; class probabilities need no more than ~3 significant digits
+        np.save(_target(out, "probs", f"{name}.npy", path), probabilities.astype(np.float16))
+    else:
+        mask = predictor(image)
+    pictures = {"masks": palette_image(mask, predictor.palette)}
+    if overlays:
+        pictures["overlays"] = overlay(image, mask, predictor.palette)
+    if keep:
+        pictures["cutouts"] = cutout(image, mask, keep)
+    for folder, picture in pictures.items():
+        picture.save(_target(out, folder, f"{name}.png", path))
+
+
+def predict_videos(
+    predictor: Predictor, videos: Sequence[Path], out: Path, *, failed: dict[str, str], progress: bool = True
+) -> dict[str, dict]:
+    """Segment each video into ``out/videos/<stem>.mp4`` (``.avi`` stays ``.avi``); unreadable ones go to ``failed``.
+
+    Returns, per input, ``{"output", "frames", "fps"}`` where ``fps`` is frames per wall-clock second
+    of the whole loop: decoding, segmenting, drawing the overlay and encoding.
+    """
+    results = {}
+    for path, name in output_names(videos).items():
+        suffix = ".avi" if path.suffix.lower() == ".avi" else ".mp4"
+        target = _target(out, "videos", name + suffix, path)
+        try:
+            frames, seconds = segment_video(predictor, path, target, progress=progress)
+        except (ImportError, ValueError) as exc:
+            failed[str(path)] = str(exc)
+            continue
+        results[str(path)] = {"output": f"videos/{target.name}", "frames": frames, "fps": round(frames / seconds, 2)}
+    return results
+
+
+def segment_video(predictor: Predictor, path: Path, target: Path, *, progress: bool = True) -> tuple[int, float]:
+    """Write the overlay of every frame of ``path`` to ``target``; returns (frames, seconds).
+
+    ValueError for a video that cannot be opened or has no frames; ImportError without OpenCV.
+    """
+    cv2 = _import_cv2()
+    capture = cv2.VideoCapture(str(path))
+    writer, frames = None, 0
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"cannot open video {path}")
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # an estimate for some containers: only for the bar
+        start = time.perf_counter()
+        with tqdm(total=count if count > 0 else None, desc=path.name, unit="frame", disable=not progress,
+                  dynamic_ncols=True) as bar:  # fmt: skip
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR; the model was trained on RGB
+                tinted = np.asarray(overlay(rgb, predictor(rgb), predictor.palette))
+                if writer is None:  # opened on the first frame, so an empty video leaves no file behind
+                    writer = _open_writer(cv2, target, fps, bgr.shape)
+                writer.write(cv2.cvtColor(tinted, cv2.COLOR_RGB2BGR))
+                frames += 1
+                bar.update()
+        seconds = time.perf_counter() - start
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if frames == 0:
+        raise ValueError(f"no frames could be read from video {path}")
+    return frames, max(seconds, 1e-9)
+
+
+def _open_writer(cv2: Any, target: Path, fps: float, shape: tuple[int, ...]) -> Any:
+    """A VideoWriter matching the input's size and FPS: MJPG for ``.avi``, mp4v for ``.mp4``
+    (both ship with every OpenCV build, unlike H.264)."""
+    fourcc = cv2.VideoWriter_fourcc(*("MJPG" if target.suffix == ".avi" else "mp4v"))
+    fps = fps if fps and fps > 0 else 25.0  # some containers report no rate; 25 keeps the video playable
+    writer = cv2.VideoWriter(str(target), fourcc, fps, (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise ValueError(f"cannot write video {target} with OpenCV")
+    return writer
+
+
+def _import_cv2() -> Any:
+    """OpenCV, imported only when a video is given (it is an optional dependency)."""
+    try:
+        import cv2
+    except ImportError:
+        raise ImportError(VIDEO_HINT) from None
+    return cv2

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 from semseg.engine.checkpoint import load_model
@@ -25,16 +25,21 @@ ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 MIN_SIZE = 32  # every semseg model accepts inputs from 32x32 up
 
 
+def rgb_from_pil(image: Image.Image) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB, turned upright by the EXIF orientation tag as image viewers show it."""
+    return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+
+
 def to_rgb_array(image: ImageLike) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB from a path, PIL image, ``(H, W[, 3|4])`` array or ``(3, H, W)`` tensor."""
     if isinstance(image, (str, Path)):
         try:
             with Image.open(image) as opened:
-                return np.array(opened.convert("RGB"))
+                return rgb_from_pil(opened)
         except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read image {image}: {exc}") from None
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
+        return rgb_from_pil(image)
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"a tensor image must be (3, H, W) or (1, H, W), got {tuple(image.shape)}")
@@ -73,6 +78,7 @@ class Predictor:
         overlap: float = 1 / 3,
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         if tile is not None and tile < MIN_SIZE:
             raise ValueError(f"tile must be at least {MIN_SIZE} pixels, got {tile}")
@@ -86,6 +92,7 @@ class Predictor:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.tile, self.overlap, self.scales, self.flip = tile, overlap, tuple(scales), flip
+        self.metadata = dict(metadata or {})  # the checkpoint's own description (model_config, version, ...)
 
     @classmethod
     def from_checkpoint(
@@ -103,7 +110,7 @@ class Predictor:
         else:
             raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
         return cls(model, classes=meta["classes"], palette=meta["palette"], mean=meta["mean"], std=meta["std"],
-                   device=device, **options)  # fmt: skip
+                   device=device, metadata=meta, **options)  # fmt: skip
 
     @torch.inference_mode()
     def __call__(self, image: ImageLike, *, return_probs: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:

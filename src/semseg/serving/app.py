@@ -1,0 +1,297 @@
+"""``semseg serve``: a thin FastAPI layer over :class:`~semseg.inference.predictor.Predictor`.
+
+No model logic lives here: requests are read (with size limits), decoded (with a pixel
+limit), handed to the predictor, and the label map is rendered as the client asked.
+
+Concurrency: each server process runs one inference at a time, in a worker thread
+(``anyio`` capacity limiter of 1), so the event loop keeps answering ``/healthz`` while a
+request is being segmented and two requests never share the model's threads. Requests
+beyond ``max_queue`` waiting ones get 503 at once instead of piling up memory. Scale out
+with ``--workers N``: N processes, each with its own copy of the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Literal
+
+import anyio
+import numpy as np
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+
+from semseg import __version__
+from semseg.inference.predictor import Predictor
+from semseg.serving.codec import ApiError, class_summary, decode_image, png_bytes, rle_encode
+from semseg.visualize import cutout, overlay, palette_image
+
+SETTINGS_ENV = "SEMSEG_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
+RAW_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What a server process needs: the model file and the limits it enforces."""
+
+    checkpoint: str
+    backend: str = "auto"  # "torch", "onnxruntime", or "auto": by the file's suffix
+    device: str = "cpu"
+    threads: int | None = None  # torch intra-op threads per process; None keeps torch's default
+    max_upload_bytes: int = 20 * 2**20
+    max_pixels: int = 25_000_000
+    max_queue: int = 32
+
+
+def load_predictor(settings: ServeSettings) -> Predictor:
+    """The predictor for ``settings.checkpoint`` (``.onnx`` runs on ONNX Runtime when backend is auto)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    return Predictor.from_checkpoint(settings.checkpoint, device=settings.device, backend=resolve_backend(settings))
+
+
+def resolve_backend(settings: ServeSettings) -> str:
+    """The backend that runs ``settings.checkpoint``: ``auto`` picks ONNX Runtime for ``.onnx`` files."""
+    if settings.backend != "auto":
+        return settings.backend
+    return "onnxruntime" if settings.checkpoint.lower().endswith(".onnx") else "torch"
+
+
+def model_description(predictor: Predictor, settings: ServeSettings) -> dict:
+    """What ``GET /v1/model`` returns: architecture, classes, palette, normalisation and limits."""
+    config = dict(predictor.metadata.get("model_config", {}))
+    return {
+        "architecture": config.pop("name", None),
+        "options": config,
+        "classes": predictor.classes,
+        "palette": [list(c) for c in predictor.palette],
+        "normalization": {"mean": predictor.mean.flatten().tolist(), "std": predictor.std.flatten().tolist(),
+                          "scale": "pixel values / 255, then (x - mean) / std"},  # fmt: skip
+        "file": os.path.basename(settings.checkpoint),
+        "backend": resolve_backend(settings),
+        "trained_with": predictor.metadata.get("semseg_version"),
+        "server_version": __version__,
+        "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels},
+    }
+
+
+class InferenceRunner:
+    """Runs the predictor off the event loop, one image at a time, with a bounded wait queue."""
+
+    def __init__(self, predictor: Predictor, max_queue: int) -> None:
+        self.predictor, self.max_queue = predictor, max_queue
+        self.pending = 0  # only touched from the event loop thread, so no lock is needed
+        self.limiter: anyio.CapacityLimiter | None = None  # made inside the running loop (lifespan)
+
+    async def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        if self.pending >= self.max_queue:
+            raise ApiError(503, "busy", f"{self.pending} requests are already waiting (--max-queue); retry shortly")
+        self.pending += 1
+        try:
+            return await anyio.to_thread.run_sync(self.predictor, rgb, limiter=self.limiter)
+        finally:
+            self.pending -= 1
+
+
+async def read_image_bytes(request: Request, limit: int) -> bytes:
+    """The uploaded image: the ``image`` field of a multipart form, or the raw body; at most ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"the request body is {int(declared):,} bytes; the limit is "
+                       f"{limit:,} bytes (semseg serve --max-upload-mb)")  # fmt: skip
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "body_too_large", f"the request body exceeds the limit of {limit:,} bytes")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "multipart/form-data":
+        return await _multipart_image(request, bytes(body))
+    if kind.startswith(RAW_TYPES):
+        return bytes(body)
+    raise ApiError(415, "unsupported_media_type",
+                   f"Content-Type {kind or '(none)'} is not accepted: send multipart/form-data with the file in "
+                   "the field 'image', or the raw image bytes as image/png, image/jpeg, ...")  # fmt: skip
+
+
+async def _multipart_image(request: Request, body: bytes) -> bytes:
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
+    except (MultiPartException, StarletteHTTPException) as exc:
+        raise ApiError(400, "bad_multipart", f"the multipart body could not be parsed: {getattr(exc, 'detail', exc)}")
+    try:
+        field = form.get("image")
+        if field is None:
+            sent = ", ".join(form.keys()) or "none"
+            raise ApiError(422, "missing_field", f"the multipart form has no field 'image' (fields sent: {sent})")
+        if isinstance(field, str):
+            raise ApiError(422, "not_a_file", "the multipart field 'image' must be a file upload, not text")
+        return await field.read()
+    finally:
+        await form.close()
+
+
+def render(mask: np.ndarray, rgb: np.ndarray, predictor: Predictor, output: str, keep: list[int], rle: bool,
+           alpha: float) -> Response:  # fmt: skip
+    """The response body the client asked for: a PNG (mask, overlay, cut-out) or JSON."""
+    if output == "json":
+        payload = {"height": int(mask.shape[0]), "width": int(mask.shape[1]),
+                   "classes": class_summary(mask, predictor.classes, predictor.palette)}  # fmt: skip
+        if rle:
+            payload["rle"] = rle_encode(mask)
+        return JSONResponse(payload)
+    if output == "mask":
+        picture = palette_image(mask, predictor.palette)
+    elif output == "overlay":
+        picture = overlay(rgb, mask, predictor.palette, alpha=alpha)
+    else:
+        picture = cutout(rgb, mask, keep)
+    return Response(png_bytes(picture), media_type="image/png")
+
+
+def cutout_ids(text: str | None, classes: list[str]) -> list[int]:
+    """Class ids from a comma-separated list of class names or ids."""
+    if not text:
+        raise ApiError(422, "missing_classes", "output=cutout needs classes=NAME[,NAME...]; "
+                       f"this model's classes: {', '.join(classes)}")  # fmt: skip
+    ids = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        if item in classes:
+            ids.append(classes.index(item))
+        elif item.isdigit() and int(item) < len(classes):
+            ids.append(int(item))
+        else:
+            raise ApiError(422, "unknown_class", f"unknown class {item!r}; this model's classes: {', '.join(classes)}")
+    return ids
+
+
+SEGMENT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["image"],
+                           "properties": {"image": {"type": "string", "format": "binary"}}}},  # fmt: skip
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    "responses": {"200": {"content": {"image/png": {}, "application/json": {}}},
+                  "400": {"description": "undecodable image or malformed form"},
+                  "413": {"description": "body or pixel count over the limit"},
+                  "415": {"description": "unsupported Content-Type"},
+                  "422": {"description": "bad parameter or missing field"},
+                  "503": {"description": "too many requests waiting"}},  # fmt: skip
+}
+
+
+def create_app(predictor: Predictor, settings: ServeSettings) -> FastAPI:
+    """The ASGI app serving ``predictor`` under ``settings``' limits."""
+    runner = InferenceRunner(predictor, settings.max_queue)
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        runner.limiter = anyio.CapacityLimiter(1)
+        await runner(np.zeros((64, 64, 3), dtype=np.uint8))  # warm-up: first calls allocate and plan
+        state["ready"] = True
+        yield
+        state["ready"] = False
+
+    app = FastAPI(title="semseg", version=__version__, lifespan=lifespan,
+                  description="Semantic segmentation over HTTP: label masks, overlays, cut-outs and class statistics.")  # fmt: skip
+    _install_error_handlers(app)
+    description = model_description(predictor, settings)
+    page = resources.files("semseg.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        """The process is up and answering."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """The model is loaded and warmed up (503 while starting or shutting down)."""
+        if not state["ready"]:
+            return JSONResponse(ApiError(503, "not_ready", "the model is not ready yet").body(), status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/v1/model")
+    async def model() -> dict:
+        """Architecture, options, classes, palette, input normalisation and request limits."""
+        return description
+
+    @app.post("/v1/segment", openapi_extra=SEGMENT_BODY)
+    async def segment(
+        request: Request,
+        output: Literal["json", "mask", "overlay", "cutout"] = "json",
+        classes: str | None = Query(None, description="cut-out classes, comma-separated names or ids"),
+        rle: bool = Query(False, description="json only: add the label map, run-length encoded"),
+        alpha: float = Query(0.5, ge=0, le=1, description="overlay only: the class colour's share"),
+    ) -> Response:
+        """Segment one image: a palette PNG mask, a colour overlay, an RGBA cut-out, or JSON statistics."""
+        keep = cutout_ids(classes, predictor.classes) if output == "cutout" else []
+        data = await read_image_bytes(request, settings.max_upload_bytes)
+        rgb = await anyio.to_thread.run_sync(lambda: decode_image(data, max_pixels=settings.max_pixels))
+        start = time.perf_counter()
+        mask = await runner(rgb)
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        response = await anyio.to_thread.run_sync(lambda: render(mask, rgb, predictor, output, keep, rle, alpha))
+        response.headers["X-Inference-Ms"] = f"{elapsed_ms:.1f}"
+        return response
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every refusal is JSON: ``{"error": {"status", "code", "message"}}``."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{' '.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse(ApiError(422, "invalid_parameter", problems).body(), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(), status_code=exc.status_code,
+                            headers=exc.headers)  # fmt: skip
+
+
+def app_from_env() -> FastAPI:
+    """App factory for ``uvicorn --factory`` worker processes: settings come from ``$SEMSEG_SERVE_SETTINGS``."""
+    settings = ServeSettings(**json.loads(os.environ[SETTINGS_ENV]))
+    return create_app(load_predictor(settings), settings)
+
+
+def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          log_level: str = "info") -> None:  # fmt: skip
+    """Load the model (failing fast on a bad file) and serve it until interrupted."""
+    import uvicorn
+
+    predictor = load_predictor(settings)
+    if workers == 1:
+        uvicorn.run(create_app(predictor, settings), host=host, port=port, log_level=log_level)
+        return
+    os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
+    uvicorn.run("semseg.serving.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level)  # fmt: skip
