@@ -75,8 +75,42 @@ def test_bf16_autocast_trains_on_cpu(tiny_shapes):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     stats = train_one_epoch(model, batches(tiny_shapes), optimizer, F.cross_entropy, amp="bf16", progress=False)
     assert stats["loss"] > 0 and stats["skipped"] == 0
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        train_one_epoch(model, batches(tiny_shapes), optimizer, F.cross_entropy, amp="fp16", progress=False)
+    with pytest.raises(ValueError, match="amp must be 'none', 'bf16' or 'fp16'"):
+        train_one_epoch(model, batches(tiny_shapes), optimizer, F.cross_entropy, amp="fp8", progress=False)
+
+
+def test_fp16_with_grad_scaler_tracks_fp32_training(tiny_shapes):
+    results = {}
+    for amp in ("none", "fp16"):
+        torch.manual_seed(0)
+        model = semseg.create_model("unet", num_classes=5, base_channels=4, depth=2, batch_norm=False)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        scaler = torch.amp.GradScaler("cpu") if amp == "fp16" else None
+        stats = train_one_epoch(model, batches(tiny_shapes), optimizer, F.cross_entropy, amp=amp, scaler=scaler,
+                                clip_grad_norm=1.0, progress=False)  # fmt: skip
+        results[amp] = (stats, model.state_dict())
+    assert results["fp16"][0]["skipped"] == 0
+    assert results["fp16"][0]["loss"] == pytest.approx(results["none"][0]["loss"], rel=1e-2)
+    for key, value in results["none"][1].items():
+        torch.testing.assert_close(results["fp16"][1][key], value, rtol=0, atol=2e-3)
+
+
+def test_grad_scaler_skips_overflowing_steps_and_backs_off():
+    # A scale of 2**40 makes the fp16-autocast gradients overflow to inf: the scaler must
+    # skip those optimizer steps (weights untouched) and halve its scale each time.
+    torch.manual_seed(0)
+    model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2, batch_norm=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    data = [(torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)))]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_one_epoch(model, data, optimizer, F.cross_entropy, amp="fp16", scaler=scaler, progress=False)
+    assert scaler.get_scale() == 2.0**39
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    train_one_epoch(model, data, optimizer, F.cross_entropy, amp="fp16", scaler=scaler, progress=False)
+    assert scaler.get_scale() == 2.0**8
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tiny_shapes):

@@ -59,13 +59,16 @@ def test_fit_writes_checkpoints_logs_and_curves(recipe, tmp_path):
     assert model.model_config["base_channels"] == 4
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path):
+@pytest.mark.parametrize("amp", ["none", "fp16"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path, amp):
     straight = tmp_path / "straight"
-    fit(load_config(recipe, [f"out={straight}"]), progress=False)
+    fit(load_config(recipe, [f"out={straight}", f"amp={amp}"]), progress=False)
     split = tmp_path / "split"
-    config = load_config(recipe, [f"out={split}"])
+    config = load_config(recipe, [f"out={split}", f"amp={amp}"])
     fit(config, stop_after=2, progress=False)
     assert read_metadata(split / "last.safetensors")["epoch"] == 2
+    scaler = torch.load(split / "last.state.pt", weights_only=True)["scaler"]
+    assert (scaler is None) == (amp == "none")  # fp16 keeps the GradScaler's scale and growth tracker
     torch.manual_seed(1234)  # a fresh process would start from other RNG state
     fit(config, resume=True, progress=False)
     a, b = weights(straight), weights(split)

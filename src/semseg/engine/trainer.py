@@ -92,7 +92,7 @@ def _fit(
         raise ValueError(f"{len(data.train)} training images give no optimizer step at batch size "
                          f"{config.data.batch_size} x grad_accum {config.grad_accum}")
     scheduler = build_schedule(config, optimizer, total_steps=steps_per_epoch * config.epochs)
-    scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+    scaler = torch.amp.GradScaler(dist.device.type) if config.amp == "fp16" else None
 
     start_epoch, history, best, metrics = 0, [], -math.inf, {}
     if resume:
