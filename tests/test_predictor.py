@@ -75,3 +75,22 @@ def test_from_checkpoint_uses_the_checkpoints_classes_and_normalisation(tmp_path
         expected = model(x).argmax(1)[0].numpy()
     assert predictor.classes == ["a", "b", "c"]
     assert np.array_equal(predictor(image), expected)
+
+
+def test_labels_alone_equal_the_argmax_of_the_probabilities():
+    # Labels without probabilities skip the softmax; the answer must not change.
+    predictor = pointwise_predictor()
+    image = random_image(61, 83, seed=5)
+    labels, probs = predictor(image, return_probs=True)
+    assert np.array_equal(predictor(image), labels)
+    assert np.array_equal(labels, probs.argmax(0))
+    assert probs.shape == (3, 61, 83) and np.allclose(probs.sum(0), 1, atol=1e-5)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = random_image(20, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": viewers show it 40 tall and 20 wide
+    Image.fromarray(image).save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    upright = to_rgb_array(tmp_path / "turned.jpg")
+    assert upright.shape == (40, 20, 3)
