@@ -1,0 +1,71 @@
+"""Inference speed of every registered model: sizes x batch sizes x backends, as a markdown table.
+
+    python benchmarks/inference_table.py --out benchmarks/results/inference.jsonl
+
+Each measurement is `semseg benchmark`'s (semseg.inference.benchmark): latency median and
+p90 after warm-up, images/s, achieved GFLOP/s and its share of a peak measured in the same
+run. Results are appended to ``--out`` as they come, and combinations already there are
+skipped, so an interrupted run continues where it stopped. Run it on an idle machine:
+anything else running shows up directly in the figures. Prints the table at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from semseg.inference.benchmark import benchmark
+from semseg.profile import model_cost
+from semseg.registry import list_models
+
+SIZES = ((360, 480), (512, 512))
+BATCHES = (1, 8)
+BACKENDS = ("torch", "onnxruntime")
+
+
+def key(row: dict) -> tuple:
+    return row["model"], row["size"], row["batch"], row["backend"]
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per model, size, batch and backend."""
+    lines = ["| model | size | batch | backend | GFLOPs/img | latency median / p90 (ms) | images/s | GFLOP/s (share of peak) |",
+             "|---|---|---:|---|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r['backend']} | {r['gflops']:.1f} | "
+                     f"{r['latency_ms_median']:.0f} / {r['latency_ms_p90']:.0f} | {r['images_per_s']:.2f} | "
+                     f"{r['achieved_gflops_per_s']:.0f} ({100 * r['share_of_peak']:.0f}% of {r['peak_gflops_per_s']:.0f}) |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines file; existing rows are kept and skipped")
+    parser.add_argument("--models", nargs="*", help="default: every registered model, cheapest first")
+    parser.add_argument("--repeats", type=int, default=3, help="timed batches per measurement")
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args()
+    models = args.models or sorted(list_models(), key=lambda m: model_cost(m, num_classes=21, size=(512, 512))["gflops"])
+    done = {}
+    if args.out.exists():
+        done = {key(row): row for row in map(json.loads, args.out.read_text().splitlines())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        for size in SIZES:
+            for batch in BATCHES:
+                for backend in BACKENDS:
+                    wanted = (model, f"{size[0]}x{size[1]}", batch, backend)
+                    if wanted in done:
+                        continue
+                    row = benchmark(model, size=size, batch=batch, backend=backend, repeats=args.repeats,
+                                    warmup=args.warmup)  # fmt: skip
+                    done[wanted] = row
+                    with args.out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(table([row]).splitlines()[-1], flush=True)
+    print(table([done[k] for k in sorted(done, key=lambda k: (models.index(k[0]) if k[0] in models else 99, k[1:]))]))
+
+
+if __name__ == "__main__":
+    main()
