@@ -120,7 +120,7 @@ class Predictor:
             # The argmax of the logits is the argmax of the probabilities: skipping the
             # softmax saves about 40% of LR-ASPP's time per 360x480 image on a CPU.
             # (max().indices: torch's argmax over the channel dim of an NCHW tensor is ~6x slower)
-            return self._forward(self._tensor(rgb))[0].max(0).indices.to(torch.uint8).cpu().numpy()
+            return self.model(self._tensor(rgb))[0].max(0).indices.to(torch.uint8).cpu().numpy()
         labels, kept = [], []
         for band in self._probability_bands(rgb):
             labels.append(band.argmax(0).astype(np.uint8))
@@ -162,20 +162,12 @@ class Predictor:
             xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             views = [xs, xs.flip(-1)] if self.flip else [xs]
             for i, view in enumerate(views):
-                probs = self._forward(view).softmax(1)
+                probs = self.model(view).softmax(1)  # views are never under MIN_SIZE
                 probs = probs.flip(-1) if i == 1 else probs
                 if probs.shape[-2:] != (h, w):
                     probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
                 total = probs if total is None else total + probs
         return total / (len(self.scales) * (2 if self.flip else 1))
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits at the input size; inputs under 32 pixels are padded (reflected) and cropped back."""
-        h, w = x.shape[-2:]
-        ph, pw = max(0, MIN_SIZE - h), max(0, MIN_SIZE - w)
-        if ph or pw:
-            x = F.pad(x, [0, pw, 0, ph], mode="replicate")
-        return self.model(x)[..., :h, :w]
 
     def _tiled(self, rgb: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
         """Finished rows of the probability map, a band at a time: ``((C, rows, W), first_row)``.
