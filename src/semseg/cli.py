@@ -49,7 +49,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from semseg.inference.evaluation import evaluate_checkpoint, per_class_table
 
     metrics = evaluate_checkpoint(args.checkpoint, args.data, root=args.root, split=args.split, device=args.device,
-                                  tile=args.tile, flip=args.flip, scales=args.scales, out=args.out,
+                                  backend=args.backend, tile=args.tile, flip=args.flip, scales=args.scales, out=args.out,
                                   progress=not args.quiet)  # fmt: skip
     print(per_class_table(metrics))
     if args.out:
@@ -77,6 +77,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from semseg.inference.export import export
 
+    if args.int8:
+        if args.format != "onnx":
+            raise ValueError("--int8 applies to --format onnx only")
+        from semseg.inference.predict import expand_inputs, is_video
+        from semseg.inference.quantize import export_int8
+
+        found, missing = expand_inputs(args.int8)
+        images = [path for path in found if not is_video(path)]
+        if missing:
+            raise FileNotFoundError(f"no calibration images at {', '.join(missing)}")
+        result = export_int8(args.checkpoint, args.out, images[: args.calibration_count],
+                             min_agreement=args.min_agreement)  # fmt: skip
+        print(f"wrote {args.out} (int8, calibrated on {min(len(images), args.calibration_count)} images); fp32 parity "
+              f"max abs diff {result['max_abs_diff_fp32']:.2e}; int8 labels agree with fp32 on "
+              f"{result['label_agreement']:.2%} of calibration pixels")  # fmt: skip
+        return 0
     worst = export(args.checkpoint, args.out, fmt=args.format)
     print(f"wrote {args.out}; parity with PyTorch on 3 input sizes: max abs diff {worst:.2e}")
     return 0
@@ -189,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
     ev.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.5,0.75,1,1.25,1.5,1.75")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    ev.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                    help="onnxruntime scores a file written by semseg export (fp32 or --int8)")
     ev.add_argument("--out", help="folder for metrics.json, per_class.md and confusion.png")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_evaluate)
@@ -218,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("checkpoint")
     ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
     ex.add_argument("--out", required=True, help="output file (.onnx or .pt)")
+    ex.add_argument("--int8", nargs="+", metavar="IMAGES",
+                    help="quantize to int8 (ONNX Runtime, static), calibrated on these images, folders or globs")
+    ex.add_argument("--calibration-count", type=_positive_int, default=32, help="calibration images used (default: 32)")
+    ex.add_argument("--min-agreement", type=float, default=0.95,
+                    help="fail when int8 and fp32 labels agree on fewer calibration pixels (default: 0.95)")
     ex.set_defaults(func=_cmd_export)
 
     sv = sub.add_parser("serve", help="serve a checkpoint or ONNX file over HTTP (API, OpenAPI docs, web page)")

@@ -29,6 +29,7 @@ def evaluate_checkpoint(
     root: str | None = None,
     split: str = "val",
     device: str = "cpu",
+    backend: str = "torch",
     tile: int | None = None,
     flip: bool = False,
     scales: Sequence[float] = (1.0,),
@@ -40,7 +41,8 @@ def evaluate_checkpoint(
     With ``out``: writes ``metrics.json``, ``per_class.md``, ``confusion.png`` and
     ``worst/`` (image | truth | prediction of the lowest-mIoU images).
     """
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, tile=tile, flip=flip, scales=scales)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, backend=backend, tile=tile, flip=flip,
+                                          scales=scales)  # fmt: skip
     data = open_dataset(dataset, split, root=root)
     if list(data.classes) != predictor.classes:
         raise ValueError(f"{checkpoint} predicts {len(predictor.classes)} classes {predictor.classes[:5]}... but "

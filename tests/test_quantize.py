@@ -1,0 +1,78 @@
+"""int8 export: calibrated on images, metadata kept, runs in the Predictor, and refuses a poor match."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import semseg
+from semseg.cli import main
+from semseg.engine.checkpoint import save_weights
+from semseg.inference.predictor import Predictor
+from semseg.inference.quantize import calibration_batches, export_int8
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = semseg.create_model("unet", num_classes=3, base_channels=8, depth=2).eval()
+    return save_weights(model, tmp_path / "m.safetensors", classes=["a", "b", "c"],
+                        palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0]], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    yy, xx = np.mgrid[0:48, 0:64]
+    for i in range(4):
+        rgb = np.stack([(xx * (3 + i)) % 256, (yy * (4 + i)) % 256, ((xx + yy) * 2 + 40 * i) % 256], -1)
+        Image.fromarray(rgb.astype(np.uint8)).save(folder / f"{i}.png")
+    return sorted(folder.iterdir())
+
+
+def test_calibration_batches_are_normalised_like_the_predictor(images):
+    batch = calibration_batches(images[:1], [0.5] * 3, [0.25] * 3)[0]
+    rgb = np.array(Image.open(images[0]))
+    assert batch.shape == (1, 3, 48, 64) and batch.dtype == np.float32
+    np.testing.assert_allclose(batch[0, 1], (rgb[..., 1] / 255 - 0.5) / 0.25, rtol=1e-6, atol=1e-5)
+
+
+def test_int8_export_keeps_metadata_and_runs_in_the_predictor(checkpoint, images, tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    result = export_int8(checkpoint, out, images, min_agreement=0.0)
+    assert result["max_abs_diff_fp32"] <= 1e-3 and 0.0 <= result["label_agreement"] <= 1.0
+    proto = onnx.load(str(out))
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantized, not a copy of the fp32 graph
+    props = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    assert props["semseg.classes"] == ["a", "b", "c"] and props["semseg.quantized"] == "int8"
+    predictor = Predictor.from_checkpoint(out, backend="onnxruntime")
+    labels = predictor(images[0])
+    assert labels.shape == (48, 64) and labels.max() < 3
+    fp32 = Predictor.from_checkpoint(checkpoint)(images[0])
+    assert (labels == fp32).mean() > 0.5  # int8 tracks fp32; the exact share is reported by the export
+
+
+def test_int8_export_refuses_when_labels_disagree_too_often(checkpoint, images, tmp_path):
+    with pytest.raises(ValueError, match=r"on only \d+\.\d% of the calibration pixels \(< 101%\)"):
+        export_int8(checkpoint, tmp_path / "m.onnx", images, min_agreement=1.01)
+
+
+def test_cli_int8_export_and_its_errors(checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "cli.onnx"
+    assert main(["export", str(checkpoint), "--out", str(out), "--int8", str(images[0].parent),
+                 "--min-agreement", "0"]) == 0  # fmt: skip
+    assert "int8, calibrated on 4 images" in capsys.readouterr().out and out.is_file()
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.pt"), "--format", "torchscript",
+                 "--int8", str(images[0])]) == 1  # fmt: skip
+    assert "--int8 applies to --format onnx only" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "--out", str(out), "--int8", str(tmp_path / "none" / "*.png")]) == 1
+    assert "no calibration images" in capsys.readouterr().err
