@@ -7,7 +7,6 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from semseg import __version__
 from semseg.demo import DemoConfig, run_demo
@@ -103,8 +102,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from semseg.serving.app import ServeSettings, serve
     except ImportError as exc:
         raise ValueError(f"serving needs FastAPI and uvicorn ({exc.name} is missing): pip install \"semseg[serve]\"") from None
-    if not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"no such checkpoint or ONNX file: {args.checkpoint}")
     settings = ServeSettings(checkpoint=args.checkpoint, backend=args.backend, device=args.device,
                              threads=args.threads or max(1, (os.cpu_count() or 1) // args.workers),
                              max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,

@@ -98,3 +98,16 @@ def test_requests_beyond_the_queue_limit_get_503():
 
     anyio.run(main)
     assert sorted(map(str, outcomes)) == ["(4, 4)", "(4, 4)", "503"]
+
+
+def test_serve_refuses_missing_and_unreadable_model_files(tmp_path, capsys):
+    from semseg.cli import main
+
+    assert main(["serve", str(tmp_path / "gone.safetensors")]) == 1
+    assert "gone.safetensors" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "gone.onnx")]) == 1
+    assert "no such ONNX file" in capsys.readouterr().err
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("not weights")
+    assert main(["serve", str(junk)]) == 1
+    assert "junk.safetensors is not a readable safetensors file" in capsys.readouterr().err

@@ -57,6 +57,13 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
 
+def model_input(rgb: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """The ``(1, 3, H, W)`` float tensor a model sees for ``(H, W, 3)`` uint8 ``rgb``: scaled to 0..1,
+    then normalised by ``mean`` and ``std`` (``(1, 3, 1, 1)`` tensors, on the model's device)."""
+    x = torch.from_numpy(rgb).to(mean.device).permute(2, 0, 1)[None].float().div_(255)
+    return (x - mean) / std
+
+
 class Predictor:
     """Segments images with a model and the pre/post-processing its checkpoint describes.
 
@@ -150,8 +157,7 @@ class Predictor:
                 yield band
 
     def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float().div_(255)
-        return (x - self.mean) / self.std
+        return model_input(rgb, self.mean, self.std)
 
     def _whole(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``(1, C, H, W)`` averaged over scales (and flips)."""

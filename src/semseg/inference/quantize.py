@@ -14,20 +14,18 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from semseg.engine.checkpoint import read_metadata
 from semseg.inference.export import export
-from semseg.inference.predictor import to_rgb_array
+from semseg.inference.predictor import model_input, to_rgb_array
 
 
 def calibration_batches(images: Sequence[str | Path], mean: Sequence[float], std: Sequence[float]) -> list[np.ndarray]:
-    """Each image as a normalised ``(1, 3, H, W)`` float32 array, as the model sees it."""
-    mean_, std_ = np.asarray(mean, np.float32).reshape(3, 1, 1), np.asarray(std, np.float32).reshape(3, 1, 1)
-    batches = []
-    for path in images:
-        rgb = to_rgb_array(path).transpose(2, 0, 1).astype(np.float32) / 255
-        batches.append(((rgb - mean_) / std_)[None])
-    return batches
+    """Each image as the ``(1, 3, H, W)`` float32 array the model sees, through the Predictor's own
+    pre-processing (calibration on other inputs would fit the int8 ranges to the wrong values)."""
+    mean_, std_ = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    return [model_input(to_rgb_array(path), mean_, std_).numpy() for path in images]
 
 
 def export_int8(
