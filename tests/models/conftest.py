@@ -24,6 +24,7 @@ TINY_OPTIONS: dict[str, dict[str, Any]] = {
     "deeplabv3": {"backbone": "resnet18", "aux": True},
     "deeplabv3plus": {"backbone": "resnet18", "aux": True},
     "unet": {"base_channels": 4},
+    "segformer": {"backbone": "mit_b0"},  # the smallest variant (3.7M parameters)
 }
 
 

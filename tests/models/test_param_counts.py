@@ -45,6 +45,12 @@ PAPER_APPROX = [
     ("fcn8s", {}, 134.3e6),  # Long et al.: FCN-8s VGG16 ~134M
     ("segnet", {}, 29.4e6),  # Badrinarayanan et al.: ~29.5M
     ("unet", {"num_classes": 2, "batch_norm": False}, 31.0e6),  # Ronneberger et al. with 'same' convs
+    # Xie et al. (SegFormer), Table 1, with the ADE20K head (150 classes).
+    *(("segformer", {"num_classes": 150, "backbone": f"mit_b{i}"}, n)
+      for i, n in enumerate((3.8e6, 13.7e6, 27.5e6, 47.3e6, 64.1e6, 84.7e6))),
+    # Hong et al. (DDRNet), Table 4 (Cityscapes, 19 classes).
+    ("ddrnet_23_slim", {"num_classes": 19}, 5.7e6),
+    ("ddrnet_23", {"num_classes": 19}, 20.1e6),
 ]
 
 
