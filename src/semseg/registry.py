@@ -14,7 +14,13 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
+from semseg.typecheck import check_options
+
 Builder = Callable[..., nn.Module]
+# Options that read weights from a file while the model is built. What they load ends up in
+# the state dict, so ``model_config`` records them as None: a checkpoint rebuilt on another
+# machine must not look for the file again.
+WEIGHT_FILE_OPTIONS = frozenset({"backbone_weights", "weights"})
 _B = TypeVar("_B", bound=Builder)
 _MODELS: dict[str, Builder] = {}
 
@@ -61,21 +67,21 @@ def get_builder(name: str) -> Builder:
 def create_model(name: str, *, num_classes: int, **options: Any) -> nn.Module:
     """Build model ``name`` with ``num_classes`` outputs.
 
-    The returned module carries ``model.model_config`` (name, num_classes and every
-    option, defaults filled in) so that ``create_model(**model.model_config)`` rebuilds it.
+    Options are checked against the builder's signature and type hints (an unknown name or
+    a wrong type raises :class:`~semseg.typecheck.OptionError` naming it). The returned
+    module carries ``model.model_config`` (name, num_classes and every option, defaults
+    filled in, weight files as None) so that ``create_model(**model.model_config)`` rebuilds it.
     """
     builder = _get_builder(name)
     params = inspect.signature(builder).parameters
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        valid = ", ".join(p for p in params if p != "num_classes")
-        raise TypeError(f"unknown option(s) {', '.join(unknown)} for model {name!r}; valid options: {valid}")
+    options = check_options(builder, options, what=f"model {name!r}", exclude={"num_classes"})
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     model = builder(num_classes=num_classes, **options)
     config = {"name": name}
     for p in params.values():
-        config[p.name] = num_classes if p.name == "num_classes" else options.get(p.name, p.default)
+        value = num_classes if p.name == "num_classes" else options.get(p.name, p.default)
+        config[p.name] = None if p.name in WEIGHT_FILE_OPTIONS else value
     model.model_config = config
     return model
 

@@ -49,7 +49,8 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: str | Path) -> Pat
     epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        ax.plot(epochs, [h[key] for h in history], marker="o")
+        # Epochs without a value (e.g. not validated: val_every > 1) are gaps.
+        ax.plot(epochs, [float("nan") if h[key] is None else h[key] for h in history], marker="o")
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)

@@ -118,7 +118,7 @@ def test_one_bit_mask_reads_as_0_255(tmp_path, save):
 def test_unmapped_value_error_names_file_and_values(tmp_path, save, rgb):
     save(tmp_path / "images" / "a.png", rgb(2, 3))
     save(tmp_path / "masks" / "a.png", MASK)
-    with pytest.raises(ValueError, match=r"masks/a\.png: mask values 2 are not mapped.*value_map="):
+    with pytest.raises(ValueError, match=r"masks/a\.png: mask values 2 are not mapped.*value_map: \{0: 0, 1: 1, 255: 255, 2: 255\}"):
         FolderDataset(tmp_path, classes=2).raw(0)
 
 

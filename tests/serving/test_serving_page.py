@@ -19,6 +19,10 @@ from semseg.visualize import overlay
 sync_api = pytest.importorskip("playwright.sync_api", reason="the page test needs Playwright: pip install playwright")
 CHROMIUM = os.environ.get("SEMSEG_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM:
+    # In CI (.ci/run installs Chromium) a missing browser is a broken set-up, not a reason to skip.
+    if os.environ.get("CI"):
+        pytest.fail("CI is set but Chromium is missing: .ci/run should have installed it (apt-get install chromium)",
+                    pytrace=False)  # fmt: skip
     pytest.skip("the page test needs Chromium: apt-get install chromium (or set SEMSEG_CHROMIUM)",
                 allow_module_level=True)  # fmt: skip
 

@@ -8,7 +8,7 @@ own data; :func:`check_dataset` / :func:`check_path` list everything wrong with 
 """
 
 from semseg.data.ade20k import ADE20K
-from semseg.data.base import IMAGENET_MEAN, IMAGENET_STD, MaskDecoder, PairedDataset, read_image, read_mask
+from semseg.data.base import IMAGENET_MEAN, IMAGENET_STD, DataError, MaskDecoder, PairedDataset, read_image, read_mask
 from semseg.data.camvid import CamVid
 from semseg.data.check import CheckReport, check_dataset, check_path, run_check_command
 from semseg.data.cityscapes import Cityscapes
@@ -39,6 +39,7 @@ __all__ = [
     "Cityscapes",
     "ColorJitter",
     "Compose",
+    "DataError",
     "DatasetDescription",
     "DescriptionError",
     "FolderDataset",

@@ -7,6 +7,7 @@ RGB colours) into class indices. The per-dataset modules only build those two th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +28,22 @@ _INDEX_MODES = ("L", "P", *_SIXTEEN_BIT_MODES)
 _MAX_LISTED = 10
 
 Transform = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+class DataError(ValueError):
+    """A dataset file cannot be used; the message is one line naming the file and the fix.
+
+    Raised in DataLoader workers too. PyTorch re-raises a worker's exception in the main
+    process by calling its class with "Caught DataError in DataLoader worker process N.
+    Original Traceback ..." as the message; the constructor keeps only the original line,
+    so the user sees what is wrong with which file, not a worker's traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{__name__}.DataError: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip().splitlines()[0]
+        super().__init__(message)
 
 
 def list_some(items: Sequence[object]) -> str:
@@ -52,22 +69,33 @@ def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file as uint8 ``(H, W, 3)`` RGB.
-
-    Grey, palette and RGBA images are converted to RGB (alpha dropped). 16-bit
-    images are scaled to 8 bits by dividing by 257 (full 16-bit range to full 8-bit
-    range), not stretched per image, so intensities stay comparable across files.
-    A multi-page TIFF yields its first page only.
-    """
+    """An image file as uint8 ``(H, W, 3)`` RGB (see :func:`rgb_array`). A multi-page TIFF yields its first page."""
     with Image.open(path) as im:
         im.seek(0)
-        if im.mode in _SIXTEEN_BIT_MODES:
-            grey = np.asarray(im).astype(np.float32) / 257.0
-            grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
-            return np.repeat(grey[..., None], 3, axis=2)
-        if im.mode == "F":
-            raise ValueError(f"{path}: floating-point images (mode F) are not supported; save it as 8- or 16-bit")
-        return np.asarray(im.convert("RGB")).copy()
+        return rgb_array(im, str(path))
+
+
+def rgb_array(im: Image.Image, source: str = "image") -> np.ndarray:
+    """A decoded PIL image as uint8 ``(H, W, 3)`` RGB: the one conversion training, evaluation and prediction share.
+
+    Grey, palette and RGBA images are converted to RGB (alpha dropped). 16-bit images are
+    scaled to 8 bits by dividing by 257 (full 16-bit range to full 8-bit range), not
+    stretched per image, so intensities stay comparable across files — and never clipped,
+    which is what PIL's own conversion does. One whose values stay below 4096 (12-bit data
+    stored in 16 bits) would come out nearly black, so it is said loudly (a warning naming
+    the file). Floating-point images are refused.
+    """
+    if im.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(im)
+        if values.size and int(values.max()) < 4096:
+            warnings.warn(f"{source}: 16-bit image whose values stay below {int(values.max()) + 1} (of 65536): scaled "
+                          "to 8 bits it is nearly black; rescale it to 8 bits or to the full 16-bit range first",
+                          stacklevel=2)  # fmt: skip
+        grey = np.clip(np.rint(values.astype(np.float32) / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode == "F":
+        raise ValueError(f"{source}: floating-point images (mode F) are not supported; save it as 8- or 16-bit")
+    return np.asarray(im.convert("RGB")).copy()
 
 
 def read_mask(path: Path, *, colour: bool = False) -> np.ndarray:
@@ -154,10 +182,12 @@ class MaskDecoder:
         unknown = (labels < 0) | out_of_range
         if unknown.any():
             values = np.unique(stored[unknown]).tolist()
-            raise ValueError(
+            suggestion = {**self.value_map, **{v: self.ignore_index for v in values[:_MAX_LISTED]}}
+            raise DataError(
                 f"{path}: mask values {list_some(values)} are not mapped to a class (known values: "
-                f"{list_some(sorted(self.value_map))}); pass value_map={{stored_value: class_index}}, "
-                f"mapping values to skip to ignore_index {self.ignore_index}"
+                f"{list_some(sorted(self.value_map))}). A value_map replaces the default mapping, so it must list "
+                f"every stored value: e.g. value_map: {suggestion} keeps the current mapping and ignores the "
+                "new values (map them to a class index instead to train on them)"
             )
         return labels
 
@@ -169,7 +199,7 @@ class MaskDecoder:
         mapped = np.array([table.get(int(c), -1) for c in uniq], dtype=np.int64)
         if (mapped < 0).any():
             unknown = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in uniq[mapped < 0].tolist()]
-            raise ValueError(
+            raise DataError(
                 f"{path}: colours {list_some(unknown)} are not in the colour table; add them to colors= "
                 "(map a colour to ignore_index to skip it)"
             )
@@ -211,6 +241,7 @@ class PairedDataset(Dataset):
         if transform is None:
             transform = eval_transforms(self.mean, self.std)
         self.transform = transform
+        self._decoded: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -220,13 +251,37 @@ class PairedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def cache_decoded(self, max_bytes: int) -> int:
+        """Decode every pair once and keep it in memory, so ``raw`` reads no file again; returns the bytes held.
+
+        For datasets that fit in RAM (CamVid's 367 training pairs: ~250 MB), decoding PNGs once
+        saves the loader that work every epoch. Masks are kept in the smallest integer type that
+        holds them. Refuses (``ValueError``) before filling memory when the first pair, times the
+        number of pairs, would exceed ``max_bytes``.
+        """
+        first_image, first_mask = self.raw(0)
+        estimate = (first_image.nbytes + first_mask.size * 2) * len(self)
+        if estimate > max_bytes:
+            raise ValueError(f"caching {len(self)} decoded pairs would take ~{estimate / 2**30:.1f} GiB, over the "
+                             f"{max_bytes / 2**30:.1f} GiB allowed; set data.cache: false")  # fmt: skip
+        decoded = []
+        for i in range(len(self)):
+            image, mask = self.raw(i)
+            small = np.uint8 if mask.max(initial=0) <= 255 and mask.min(initial=0) >= 0 else np.int32
+            decoded.append((image, mask.astype(small)))
+        self._decoded = decoded
+        return sum(image.nbytes + mask.nbytes for image, mask in decoded)
+
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The uint8 ``(H, W, 3)`` image and int64 ``(H, W)`` class mask of ``index``, untransformed."""
+        if self._decoded is not None:  # copies: transforms may work in place
+            image, mask = self._decoded[index]
+            return image.copy(), mask.astype(np.int64)
         image_path, mask_path = self.pairs[index]
-        image = read_image(image_path)
-        mask = self.decoder(read_mask(mask_path, colour=self.decoder.is_colour), mask_path)
+        image = _read_or_fail(read_image, image_path, "image")
+        mask = self.decoder(_read_or_fail(read_mask, mask_path, "mask", colour=self.decoder.is_colour), mask_path)
         if image.shape[:2] != mask.shape:
-            raise ValueError(
+            raise DataError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but mask {mask_path} is "
                 f"{mask.shape[1]}x{mask.shape[0]} (WxH); they must match pixel for pixel"
             )
@@ -235,6 +290,19 @@ class PairedDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.raw(index)
         return self.transform(image, mask)
+
+
+def _read_or_fail(read: Callable[..., np.ndarray], path: Path, what: str, **kwargs: object) -> np.ndarray:
+    """``read(path)``, with any failure (missing, truncated, not an image) as one :class:`DataError` line."""
+    try:
+        return read(path, **kwargs)
+    except DataError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = detail.replace(f"{path}: ", "").replace(str(path), "the file")
+        raise DataError(f"{path}: cannot read this {what} ({detail}); replace or remove it "
+                        "(`semseg data check` lists every such file)") from None  # fmt: skip
 
 
 def check_files_exist(pairs: Sequence[tuple[Path, Path]], listing: Path) -> None:

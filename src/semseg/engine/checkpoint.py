@@ -8,7 +8,9 @@ predictor needs. safetensors never executes code on load, unlike a pickle.
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from semseg.registry import create_model
+from semseg.data.base import list_some
+from semseg.pretrained import resolve_checkpoint
+from semseg.registry import WEIGHT_FILE_OPTIONS, create_model
 
 
 def save_weights(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
@@ -47,8 +51,23 @@ def save_training_state(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
-    """Read a file written by :func:`save_training_state`."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a file written by :func:`save_training_state`; a damaged or foreign file gets a one-line error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            raise CheckpointError(f"{path} holds Python objects besides tensors and numbers; semseg does not "
+                                  "unpickle such files (they can run code). Use a state file written by "
+                                  "semseg train") from None  # fmt: skip
+        raise CheckpointError(f"{path} is not a readable training state ({first}); it may be truncated: "
+                              "restore it from a backup or start again with --overwrite") from None  # fmt: skip
+    except (RuntimeError, EOFError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable training state ({first}); it may be truncated: "
+                              "restore it from a backup or start again with --overwrite") from None  # fmt: skip
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
@@ -65,24 +84,117 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+class CheckpointError(ValueError):
+    """A weight or state file is unreadable, inconsistent or implausible; the message names the file and key."""
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The metadata of a file written by :func:`save_weights`, JSON values decoded."""
+    """The metadata of a file written by :func:`save_weights` (or a shipped model's name), JSON values decoded and checked.
+
+    Checked here, once, for everything that reads checkpoints (predict, evaluate, serve,
+    export, resume): types and lengths of ``model_config``, classes, palette, mean/std.
+    """
+    path = resolve_checkpoint(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
-    except SafetensorError as exc:
-        raise ValueError(f"{path} is not a readable safetensors file ({exc}); pass a checkpoint written by "
-                         "semseg train or save_weights") from None  # fmt: skip
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); pass a checkpoint written by "
+                              "semseg train or save_weights") from None  # fmt: skip
     if "model_config" not in raw:
-        raise ValueError(f"{path} is not a semseg weight file: its metadata has no model_config")
-    return {key: json.loads(value) for key, value in raw.items()}
+        raise CheckpointError(f"{path} is not a semseg weight file: its metadata has no model_config")
+    try:
+        meta = {key: json.loads(value) for key, value in raw.items()}
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+    _check_metadata(meta, path)
+    return meta
+
+
+def _check_metadata(meta: dict[str, Any], path: Path) -> None:
+    def fail(key: str, why: str) -> None:
+        raise CheckpointError(f"{path}: metadata {key} {why}; the file is damaged or was not written by semseg")
+
+    config = meta["model_config"]
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        fail("model_config", "must be a mapping with a model name")
+    num_classes = config.get("num_classes")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        fail("model_config.num_classes", f"must be a positive int, got {num_classes!r}")
+    if "classes" in meta:
+        classes = meta["classes"]
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            fail("classes", "must be a list of names")
+        if len(classes) != num_classes:
+            fail("classes", f"has {len(classes)} names for a model with {num_classes} outputs")
+    if "palette" in meta:
+        palette = meta["palette"]
+        ok = isinstance(palette, list) and all(
+            isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in palette
+        )
+        if not ok:
+            fail("palette", "must be a list of [R, G, B] triples of 0..255")
+        if len(palette) < num_classes:
+            fail("palette", f"has {len(palette)} colours for {num_classes} classes")
+    for key in ("mean", "std"):
+        if key in meta:
+            values = meta[key]
+            if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                       and math.isfinite(v) for v in values):  # fmt: skip
+                fail(key, f"must be a list of finite numbers, got {values!r}")
+            if len(values) != 3:
+                fail(key, f"has {len(values)} values for 3 input channels")
+            if key == "std" and min(values) <= 0:
+                fail(key, f"must be > 0 for every channel, got {values}")
+    if "ignore_index" in meta and (not isinstance(meta["ignore_index"], int) or isinstance(meta["ignore_index"], bool)):
+        fail("ignore_index", f"must be an int, got {meta['ignore_index']!r}")
+
+
+# safetensors dtype names of the tensors a float32 model accepts (cast on load), and of integer buffers.
+_FLOAT_DTYPES = {"F32", "F16", "BF16"}
+_INT_DTYPES = {torch.int64: {"I64"}}
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model stored in ``path`` and load its weights; returns ``(model, metadata)``."""
+    """Rebuild the model stored in ``path`` and load its weights; returns ``(model, metadata)``.
+
+    The file is distrusted: its architecture is first built on the meta device (no memory)
+    and every tensor's name, shape and dtype compared with the file's header, so a forged
+    ``model_config`` cannot allocate gigabytes; weights must be finite. fp16/bf16 files
+    (e.g. the shipped models) are cast to float32.
+    """
     from safetensors.torch import load_file
 
+    path = resolve_checkpoint(path)
     meta = read_metadata(path)
-    model = create_model(**meta["model_config"])
-    model.load_state_dict(load_file(str(path)))
+    config = {k: (None if k in WEIGHT_FILE_OPTIONS else v) for k, v in meta["model_config"].items()}
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(**config)
+    except (ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise CheckpointError(f"{path}: metadata model_config does not describe a model semseg can build ({message})") from None
+    expected = skeleton.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        stored = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: tensors do not match its model_config ({meta['model_config']['name']}): "
+                              f"missing {list_some(missing) or 'none'}, unexpected {list_some(unexpected) or 'none'}")  # fmt: skip
+    for key, tensor in expected.items():
+        shape, dtype = stored[key]
+        if shape != tuple(tensor.shape):
+            raise CheckpointError(f"{path}: tensor {key} has shape {list(shape)}, its model_config says {list(tensor.shape)}")
+        allowed = _FLOAT_DTYPES if tensor.is_floating_point() else _INT_DTYPES.get(tensor.dtype, set())
+        if dtype not in allowed:
+            raise CheckpointError(f"{path}: tensor {key} is {dtype}, expected one of {', '.join(sorted(allowed))}")
+    tensors = load_file(str(path))
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {key} holds NaN or infinite values; the weights are unusable")
+    model = create_model(**config)
+    model.load_state_dict(tensors)
     return model, meta
+

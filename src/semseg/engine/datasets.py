@@ -12,6 +12,7 @@ from semseg.config import ConfigError, TrainConfig
 from semseg.data import ADE20K, CamVid, Cityscapes, FolderDataset, SyntheticShapes, VOCSegmentation
 from semseg.data import eval_transforms, load_description, train_transforms
 from semseg.data.synthetic import ShapesConfig
+from semseg.typecheck import OptionError, check_options
 
 _FILE_DATASETS = {"camvid": CamVid, "voc": VOCSegmentation, "cityscapes": Cityscapes, "ade20k": ADE20K}
 DATASETS = ("shapes", "folder", *_FILE_DATASETS, "<description>.yaml")
@@ -38,6 +39,9 @@ def open_dataset(dataset: str, split: str, *, root: str | None = None, options: 
     """
     options = options or {}
     if dataset.endswith((".yaml", ".yml")):
+        if options:
+            raise ConfigError(f"options {', '.join(sorted(options))} do not apply to a description YAML "
+                              f"({dataset}): set them in that file")  # fmt: skip
         ds = load_description(dataset).dataset(split)
     else:
         if dataset not in DATASETS or dataset == "shapes":
@@ -46,10 +50,13 @@ def open_dataset(dataset: str, split: str, *, root: str | None = None, options: 
             raise ConfigError(f"a root folder is required for dataset {dataset!r}")
         if not Path(root).exists():
             raise ConfigError(f"dataset root {root} does not exist")
-        if dataset == "folder":
-            ds = FolderDataset(Path(root) / split, **options)
-        else:
-            ds = _FILE_DATASETS[dataset](root, split, **options)
+        cls = FolderDataset if dataset == "folder" else _FILE_DATASETS[dataset]
+        try:
+            options = check_options(cls, options, what=f"dataset {dataset!r}", prefix="options.",
+                                    exclude={"root", "split", "transform"})  # fmt: skip
+        except OptionError as exc:
+            raise ConfigError(str(exc)) from None
+        ds = cls(Path(root) / split, **options) if dataset == "folder" else cls(root, split, **options)
     ds.transform = eval_transforms(ds.mean, ds.std)
     return ds
 
@@ -58,6 +65,8 @@ def build_datasets(config: TrainConfig) -> DatasetBundle:
     """``data.dataset`` is "shapes" (built in), "folder", a named format, or a description YAML's path."""
     data = config.data
     if data.dataset == "shapes":
+        if data.cache:
+            raise ConfigError("data.cache: the shapes dataset is generated in memory already; set data.cache: false")
         return _shapes(data.options)
     try:
         train = open_dataset(data.dataset, data.train_split, root=data.root, options=data.options)
@@ -66,11 +75,24 @@ def build_datasets(config: TrainConfig) -> DatasetBundle:
         raise ConfigError(f"data: {exc}") from None
     if data.crop_size is not None:
         train.transform = train_transforms(data.crop_size, scale=tuple(data.scale), mean=train.mean, std=train.std,
-                                           ignore_index=train.ignore_index, seed=config.seed)  # fmt: skip
+                                           ignore_index=train.ignore_index, color_jitter=data.color_jitter,
+                                           seed=config.seed)  # fmt: skip
+    if data.cache:
+        try:
+            train.cache_decoded(max_bytes=_total_memory() // 4)
+        except ValueError as exc:
+            raise ConfigError(f"data.cache: {exc}") from None
     if train.ignore_index != config.ignore_index:
         raise ConfigError(f"ignore_index is {config.ignore_index} but the dataset marks ignored pixels with "
                           f"{train.ignore_index}; set ignore_index: {train.ignore_index}")  # fmt: skip
     return DatasetBundle(train, val, train.classes, train.palette, tuple(train.mean), tuple(train.std), train.ignore_index)
+
+
+def _total_memory() -> int:
+    """Physical memory in bytes (POSIX), the bound the decoded-image cache stays well under."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _shapes(options: dict[str, Any]) -> DatasetBundle:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -27,8 +28,12 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup(device: str = "auto") -> DistInfo:
-    """Join the torchrun process group if there is one (gloo on CPU, NCCL on GPU); pick the device."""
+def setup(device: str = "auto", *, timeout_s: float = 600.0) -> DistInfo:
+    """Join the torchrun process group if there is one (gloo on CPU, NCCL on GPU); pick the device.
+
+    ``timeout_s`` bounds every collective: a peer that died or stopped makes the others fail
+    with an error after that long instead of waiting forever.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -39,7 +44,7 @@ def setup(device: str = "auto") -> DistInfo:
         dev = torch.device("cuda", local_rank if world_size > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
     return DistInfo(rank, world_size, dev)
 
 
@@ -54,6 +59,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` holds on every process (so all take the same branch around a collective)."""
+    if not dist.is_initialized():
+        return flag
+    failed = torch.tensor([0 if flag else 1], device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.SUM)
+    return int(failed.item()) == 0
 
 
 def barrier() -> None:

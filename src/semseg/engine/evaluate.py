@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from semseg.progress import progress_bar
 
 from semseg.metrics import ConfusionMatrix, metrics_from_confusion
 
@@ -24,7 +24,7 @@ def confusion_matrix(
     """The ``(C, C)`` matrix ``[true, predicted]`` of pixel counts over ``batches`` (whole images)."""
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
-    for images, masks in tqdm(batches, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
+    for images, masks in progress_bar(batches, desc="eval", leave=False, enabled=progress):
         cm.update(model(images.to(device)).argmax(1), masks)
     return cm.mat
 

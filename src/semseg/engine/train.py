@@ -13,7 +13,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
+from semseg.progress import progress_bar
+
+from semseg.engine import distributed
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -73,26 +75,40 @@ def train_one_epoch(
     max_nonfinite: int = 10,
     desc: str = "train",
     progress: bool = True,
+    channels_last: bool = False,
 ) -> dict[str, float]:
     """One pass over ``batches``; an optimizer (and ``scheduler``) step every ``grad_accum`` batches.
 
     ``model`` is a :class:`SegmentationModel`, or a :class:`TrainForward` (possibly inside
     DistributedDataParallel) around one. A batch whose loss is not finite is skipped and
-    counted; ``max_nonfinite`` of them in a row stop training with ``FloatingPointError``.
+    counted — on every process at once when any process's loss is not finite; ``max_nonfinite``
+    of them in a row stop training with ``FloatingPointError``.
     Returns the mean loss of the finite batches, images/s and the number skipped.
+    ``channels_last`` feeds batches in NHWC order, for a model converted to it.
     """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = model if isinstance(model, (TrainForward, DistributedDataParallel)) else TrainForward(model)
     aux_weight = (net.module if isinstance(net, DistributedDataParallel) else net).model.aux_weight
     net.train()
     total, seen, skipped, in_a_row = 0.0, 0, 0, 0
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    bar = tqdm(batches, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(batches, desc=desc, leave=False, enabled=progress)
     for i, (images, masks) in enumerate(bar):
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        with autocast(device, amp):
-            loss = training_loss(net(images), masks, loss_fn, aux_weight)
-        if not torch.isfinite(loss):
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        masks = masks.to(device, non_blocking=True)
+        step_now = (i + 1) % grad_accum == 0
+        # Micro-batches before the step accumulate locally: DDP all-reduces gradients only on the last.
+        sync = contextlib.nullcontext() if step_now or not isinstance(net, DistributedDataParallel) else net.no_sync()
+        with sync:
+            with autocast(device, amp):
+                loss = training_loss(net(images), masks, loss_fn, aux_weight)
+            # Every process skips together, or the ones that do backward wait forever in its all-reduce.
+            finite = distributed.all_true(bool(torch.isfinite(loss)), loss.device)
+            if finite:
+                scaled = loss / grad_accum
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if not finite:
             skipped += 1
             in_a_row += 1
             optimizer.zero_grad(set_to_none=True)
@@ -103,9 +119,7 @@ def train_one_epoch(
                 )
             continue
         in_a_row = 0
-        scaled = loss / grad_accum
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if (i + 1) % grad_accum == 0:
+        if step_now:
             _step(net, optimizer, scaler, clip_grad_norm)
             if scheduler is not None:
                 scheduler.step()

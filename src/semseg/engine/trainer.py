@@ -21,19 +21,22 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from semseg import __version__
 from semseg.config import ConfigError, TrainConfig
-from semseg.engine import distributed
-from semseg.engine.checkpoint import load_training_state, read_metadata, save_training_state, save_weights
+from semseg.engine import distributed, run_folder
+from semseg.engine.checkpoint import load_training_state, read_metadata
 from semseg.engine.datasets import DatasetBundle, build_datasets
 from semseg.engine.evaluate import confusion_matrix
+from semseg.engine.init_from import describe as describe_init
+from semseg.engine.init_from import init_from
 from semseg.engine.schedules import cosine_schedule, poly_schedule
 from semseg.engine.train import TrainForward, train_one_epoch
 from semseg.losses import CrossEntropyLoss, DiceLoss, FocalLoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss, WeightedSum
 from semseg.metrics import metrics_from_confusion
 from semseg.registry import create_model
+from semseg.typecheck import OptionError, check_options
 from semseg.visualize import plot_curves
 
 _LOSSES = {"ce": CrossEntropyLoss, "ohem": OhemCrossEntropyLoss, "focal": FocalLoss, "dice": DiceLoss,
@@ -41,28 +44,43 @@ _LOSSES = {"ce": CrossEntropyLoss, "ohem": OhemCrossEntropyLoss, "focal": FocalL
 
 
 def fit(
-    config: TrainConfig, *, resume: bool = False, stop_after: int | None = None, progress: bool = True
+    config: TrainConfig, *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate as ``config`` says; returns the last epoch's validation metrics and the history.
 
     ``stop_after`` ends this run after that many epochs (e.g. to fit a time slot); a later
-    ``resume=True`` run carries on with the same schedule, as if never stopped.
+    ``resume=True`` run carries on with the same schedule, as if never stopped. A fresh run
+    refuses an ``out`` folder that holds an earlier run unless ``overwrite`` is set.
     """
-    dist = distributed.setup(config.device)
+    dist = distributed.setup(config.device, timeout_s=config.dist_timeout_s)
     try:
-        return _fit(config, dist, resume=resume, stop_after=stop_after, progress=progress and dist.is_main)
+        return _fit(config, dist, resume=resume, overwrite=overwrite, stop_after=stop_after,
+                    progress=progress and dist.is_main)  # fmt: skip
     finally:
         distributed.teardown()
 
 
 def _fit(
-    config: TrainConfig, dist: distributed.DistInfo, *, resume: bool, stop_after: int | None, progress: bool
+    config: TrainConfig, dist: distributed.DistInfo, *, resume: bool, overwrite: bool, stop_after: int | None,
+    progress: bool,
 ) -> dict[str, Any]:
     out = Path(config.out)
     summary_writer = _summary_writer_class(config)  # before any work: fails if asked for but not installed
     torch.manual_seed(config.seed)  # same initial weights on every rank
     data = build_datasets(config)
-    model = create_model(config.model.name, num_classes=len(data.classes), **config.model.options).to(dist.device)
+    try:
+        model = create_model(config.model.name, num_classes=len(data.classes), **config.model.options)
+    except OptionError as exc:
+        raise ConfigError(f"model.options: {exc}") from None
+    if config.model.init_from is not None and not resume:  # a resumed run has its own weights
+        reinitialised = init_from(model, config.model.init_from)
+        if dist.is_main:
+            print(describe_init(config.model.init_from, reinitialised, len(model.state_dict()) - len(reinitialised)),
+                  flush=True)  # fmt: skip
+    model = model.to(dist.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     net: nn.Module = TrainForward(model)
     if dist.world_size > 1:
         if config.sync_bn:
@@ -75,13 +93,14 @@ def _fit(
 
     # Every process, however many there are, draws the same permutation each epoch and
     # takes its share: with the same global batch the run is the same as one process.
-    sampler = DistributedSampler(data.train, num_replicas=dist.world_size, rank=dist.rank,
+    train_set = data.train if config.repeats == 1 else Repeated(data.train, config.repeats)
+    sampler = DistributedSampler(train_set, num_replicas=dist.world_size, rank=dist.rank,
                                  shuffle=True, seed=config.seed, drop_last=True)  # fmt: skip
     per_rank = config.data.batch_size // dist.world_size
     if per_rank * dist.world_size != config.data.batch_size:
         raise ValueError(f"data.batch_size {config.data.batch_size} must divide by the {dist.world_size} processes")
     loader_rng = torch.Generator()
-    train_loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, num_workers=config.data.workers,
+    train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=config.data.workers,
                               drop_last=True, generator=loader_rng, persistent_workers=False)  # fmt: skip
     val_part = Subset(data.val, range(dist.rank, len(data.val), dist.world_size))  # no padding: each image once
     val_loader = DataLoader(val_part, batch_size=config.data.val_batch_size, num_workers=config.data.workers)
@@ -89,14 +108,17 @@ def _fit(
     optimizer = build_optimizer(config, model)
     steps_per_epoch = len(train_loader) // config.grad_accum
     if steps_per_epoch < 1:
-        raise ValueError(f"{len(data.train)} training images give no optimizer step at batch size "
+        raise ValueError(f"{len(train_set)} training samples give no optimizer step at batch size "
                          f"{config.data.batch_size} x grad_accum {config.grad_accum}")
     scheduler = build_schedule(config, optimizer, total_steps=steps_per_epoch * config.epochs)
     scaler = torch.amp.GradScaler(dist.device.type) if config.amp == "fp16" else None
 
     start_epoch, history, best, metrics = 0, [], -math.inf, {}
+    if dist.is_main:
+        run_folder.prepare(out, resume=resume, overwrite=overwrite)
+    distributed.barrier()
     if resume:
-        start_epoch, history, best = _restore(out, model, optimizer, scheduler, scaler)
+        start_epoch, history, best = _restore(out, model, optimizer, scheduler, scaler, dist)
     metadata = _metadata(config, data)
     end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
     # Closed (so flushed) however the loop ends: finished, stop_after, or an exception.
@@ -111,37 +133,60 @@ def _fit(
                 net, train_loader, optimizer, loss_fn, scheduler=scheduler, device=dist.device, amp=config.amp,
                 scaler=scaler, grad_accum=config.grad_accum, clip_grad_norm=config.clip_grad_norm,
                 max_nonfinite=config.max_nonfinite, desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
+                channels_last=config.channels_last,
             )  # fmt: skip
-            metrics = _evaluate(model, val_loader, data, dist, progress)
-            record = {"epoch": epoch + 1, "train_loss": stats["loss"], "val_mIoU": metrics["mIoU"],
+            validate = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
+            metrics = _evaluate(model, val_loader, data, dist, progress) if validate else {}
+            record = {"epoch": epoch + 1, "train_loss": stats["loss"], "val_mIoU": metrics.get("mIoU"),
                       "lr": optimizer.param_groups[0]["lr"], "images_per_s": stats["images_per_s"] * dist.world_size,
                       "skipped_batches": stats["skipped"]}  # fmt: skip
             history.append(record)
             if dist.is_main:
-                _log(out, {**record, "val": metrics}, progress, tensorboard)
-                is_best = metrics["mIoU"] > best
-                best = max(best, metrics["mIoU"])
+                _log(out, {**record, "val": metrics}, tensorboard)
+                is_best = validate and metrics["mIoU"] > best
+                best = max(best, metrics.get("mIoU", -math.inf))
                 meta = {**metadata, "epoch": epoch + 1, "metrics": metrics}
-                # Training state first: a crash between the two writes leaves an older state
-                # beside newer weights, which _restore detects, never the reverse.
                 state = _state(epoch + 1, history, best, optimizer, scheduler, scaler)
-                save_training_state(out / "last.state.pt", state)
-                save_weights(model, out / "last.safetensors", **meta)
-                if is_best:
-                    save_weights(model, out / "best.safetensors", **meta)
+                run_folder.commit(out, model, state, meta, is_best=is_best)
             distributed.barrier()
     if dist.is_main and history:
         plot_curves([{k: h[k] for k in ("epoch", "train_loss", "val_mIoU")} for h in history], out / "curves.png")
     return {**metrics, "history": history, "best_mIoU": best}
 
 
+class Repeated(Dataset):
+    """``dataset`` seen ``times`` times per epoch (index ``i`` is sample ``i % len(dataset)``).
+
+    On a small dataset, longer epochs mean fewer validations and checkpoints per image seen.
+    """
+
+    def __init__(self, dataset: Dataset, times: int) -> None:
+        self.dataset, self.times = dataset, times
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index % len(self.dataset)]
+
+
 def build_loss(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The configured loss (with class weights and ignore index), plus Dice if ``loss.dice_weight`` > 0."""
+    """The configured loss (with class weights, ignore index and ``loss.options``), plus Dice if ``loss.dice_weight`` > 0."""
     cfg = config.loss
     if cfg.class_weights is not None and len(cfg.class_weights) != num_classes:
         raise ValueError(f"loss.class_weights has {len(cfg.class_weights)} values for {num_classes} classes")
+    if cfg.label_smoothing and cfg.name != "ce":
+        raise ConfigError(f"loss.label_smoothing applies to cross-entropy only, not to loss {cfg.name!r}; "
+                          "remove it or use name: ce")  # fmt: skip
     common = {"ignore_index": config.ignore_index, "weight": cfg.class_weights}
-    main = CrossEntropyLoss(label_smoothing=cfg.label_smoothing, **common) if cfg.name == "ce" else _LOSSES[cfg.name](**common)
+    try:
+        options = check_options(_LOSSES[cfg.name], cfg.options, what=f"loss {cfg.name!r}", prefix="loss.options.",
+                                exclude={"ignore_index", "weight", "label_smoothing"})  # fmt: skip
+    except OptionError as exc:
+        raise ConfigError(str(exc)) from None
+    if cfg.name == "ce":
+        options["label_smoothing"] = cfg.label_smoothing
+    main = _LOSSES[cfg.name](**common, **options)
     if cfg.dice_weight > 0:
         return WeightedSum([(main, 1.0), (DiceLoss(**common), cfg.dice_weight)])
     return main
@@ -189,19 +234,23 @@ def _state(epoch, history, best, optimizer, scheduler, scaler) -> dict[str, Any]
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist(),
-                "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate()[1]},
+                "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate()[1],
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }  # fmt: skip
 
 
-def _restore(out: Path, model, optimizer, scheduler, scaler) -> tuple[int, list, float]:
-    """Load ``last.*`` from ``out``; returns (epochs done, history, best mIoU)."""
-    weights, state_path = out / "last.safetensors", out / "last.state.pt"
+def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.DistInfo) -> tuple[int, list, float]:
+    """Load ``last.*`` from ``out`` (after finishing any interrupted commit); returns (epochs done, history, best mIoU)."""
+    if dist.is_main:
+        run_folder.recover(out)
+    distributed.barrier()
+    weights, state_path = out / run_folder.WEIGHTS, out / run_folder.STATE
     if not weights.is_file() or not state_path.is_file():
-        raise FileNotFoundError(f"cannot resume: {weights} and {state_path} must both exist (train without resume first)")
+        raise FileNotFoundError(f"cannot resume: {weights} and {state_path} must both exist (train without --resume first)")
     state = load_training_state(state_path)
     if read_metadata(weights)["epoch"] != state["epoch"]:
-        raise ValueError(f"{weights} and {state_path} are from different epochs (a crash between writes?); "
-                         "delete both to restart, or restore them from a backup")  # fmt: skip
+        raise ValueError(f"{weights} and {state_path} are from different epochs and no next.* files complete "
+                         "either; restore both from a backup, or start again with --overwrite")  # fmt: skip
     model.load_state_dict(load_file(str(weights)))
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -211,7 +260,13 @@ def _restore(out: Path, model, optimizer, scheduler, scaler) -> tuple[int, list,
     torch.set_rng_state(rng["torch"])
     np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(rng["python"]), None))
-    return state["epoch"], list(state["history"]), state["best_mIoU"]
+    if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])  # dropout and augmentation on GPUs draw from these
+    history = list(state["history"])
+    if dist.is_main:
+        run_folder.truncate_log(out, state["epoch"])
+        run_folder.restore_best(out, history, state["best_mIoU"])
+    return state["epoch"], history, state["best_mIoU"]
 
 
 def _summary_writer_class(config: TrainConfig) -> type | None:
@@ -249,7 +304,8 @@ def _tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
     return scalars
 
 
-def _log(out: Path, record: dict[str, Any], progress: bool, tensorboard: Any = None) -> None:
+def _log(out: Path, record: dict[str, Any], tensorboard: Any = None) -> None:
+    """Append ``record`` to ``log.jsonl`` (and TensorBoard), and print one line: quiet runs leave a trace too."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -257,6 +313,6 @@ def _log(out: Path, record: dict[str, Any], progress: bool, tensorboard: Any = N
         for tag, value in _tensorboard_scalars(record).items():
             tensorboard.add_scalar(tag, value, global_step=record["epoch"])
         tensorboard.flush()  # a live TensorBoard sees each epoch as it ends; a killed run keeps it
-    if progress:
-        print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val mIoU {record['val_mIoU']:.4f}  "
-              f"lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s", flush=True)
+    val = "-" if record["val_mIoU"] is None else f"{record['val_mIoU']:.4f}"
+    print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val mIoU {val}  "
+          f"lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s", flush=True)

@@ -1,0 +1,111 @@
+"""Training images/s: ``semseg train``'s own step against plain PyTorch loops, in one run.
+
+    python benchmarks/train_throughput.py configs/ddrnet_23_slim_camvid.yaml --steps 12 --rounds 2
+
+Three ways to train the recipe's model on the recipe's data, batch and augmentation, each
+timed over ``--steps`` optimizer steps (after 2 warm-up steps), data loading included:
+
+* ``semseg``: the trainer's loader and :func:`semseg.engine.train.train_one_epoch`, with the
+  recipe's settings (channels_last, data.cache, workers);
+* ``plain NCHW``: the loop everyone writes — the same dataset through a DataLoader,
+  ``loss.backward(); optimizer.step()`` — in PyTorch's default memory format;
+* ``plain channels_last``: the same loop with model and batches in channels_last.
+
+Rounds alternate the three so that drift on a shared machine hits them alike; the best
+round of each is reported, with the ratios semseg / plain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+from semseg.config import load_config
+from semseg.engine.datasets import build_datasets
+from semseg.engine.train import TrainForward, train_one_epoch, training_loss
+from semseg.engine.trainer import build_loss, build_optimizer
+from semseg.registry import create_model
+
+WARMUP = 2
+
+
+def _loader(dataset, config, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=config.data.batch_size, shuffle=True, drop_last=True,
+                      num_workers=config.data.workers, generator=generator)  # fmt: skip
+
+
+def _model(config, num_classes: int):
+    torch.manual_seed(config.seed)
+    return create_model(config.model.name, num_classes=num_classes, **config.model.options)
+
+
+def semseg_step(config, data, steps: int) -> float:
+    """images/s of the trainer's own loop, settings as the recipe says."""
+    model = _model(config, len(data.classes))
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, loss_fn = build_optimizer(config, model), build_loss(config, len(data.classes))
+    batches = itertools.islice(_loader(data.train, config, 0), WARMUP + steps)
+    warm = [next(batches) for _ in range(WARMUP)]
+    train_one_epoch(model, warm, optimizer, loss_fn, channels_last=config.channels_last, progress=False)
+    start = time.perf_counter()
+    train_one_epoch(model, batches, optimizer, loss_fn, channels_last=config.channels_last, progress=False)
+    return steps * config.data.batch_size / (time.perf_counter() - start)
+
+
+def plain_loop(config, data, steps: int, *, channels_last: bool) -> float:
+    """images/s of a textbook loop on the same model, data and optimizer."""
+    model = _model(config, len(data.classes))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    net = TrainForward(model).train()
+    optimizer, loss_fn = build_optimizer(config, model), build_loss(config, len(data.classes))
+    start = None
+    for i, (images, masks) in enumerate(itertools.islice(_loader(data.train, config, 0), WARMUP + steps)):
+        if i == WARMUP:
+            start = time.perf_counter()
+        loss = training_loss(net(images.contiguous(memory_format=fmt)), masks, loss_fn, model.aux_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps * config.data.batch_size / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. data.cache=true (no leading --)")
+    parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per measurement")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    data = build_datasets(config)
+    plain_config = load_config(args.config, [*args.overrides, "data.cache=false"])
+    plain_data = build_datasets(plain_config)  # a plain loop decodes every epoch
+    runs = {
+        "semseg": lambda: semseg_step(config, data, args.steps),
+        "plain NCHW": lambda: plain_loop(plain_config, plain_data, args.steps, channels_last=False),
+        "plain channels_last": lambda: plain_loop(plain_config, plain_data, args.steps, channels_last=True),
+    }
+    best = {name: 0.0 for name in runs}
+    for r in range(args.rounds):
+        for name, run in runs.items():
+            rate = run()
+            best[name] = max(best[name], rate)
+            print(f"round {r + 1} {name:<20} {rate:6.2f} images/s", flush=True)
+    h, w = config.data.crop_size or ("full", "size")
+    print(f"\n{config.model.name} {h}x{w} batch {config.data.batch_size}, {config.data.workers} workers, "
+          f"{torch.get_num_threads()} threads, cache={config.data.cache}, channels_last={config.channels_last}")
+    for name, rate in best.items():
+        print(f"{name:<20} {rate:6.2f} images/s")
+    print(f"semseg / plain NCHW          {best['semseg'] / best['plain NCHW']:.2f}x")
+    print(f"semseg / plain channels_last {best['semseg'] / best['plain channels_last']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
