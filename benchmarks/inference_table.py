@@ -21,7 +21,7 @@ from semseg.registry import list_models
 
 SIZES = ((360, 480), (512, 512))
 BATCHES = (1, 8)
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "torch-channels-last", "onnxruntime", "openvino")  # semseg.inference.backends.ENGINES
 
 
 def key(row: dict) -> tuple:

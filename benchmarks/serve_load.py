@@ -5,8 +5,8 @@
 Starts the server itself (127.0.0.1, a free port), waits for /readyz, sends ``--requests``
 POSTs of IMAGE to /v1/segment from ``--clients`` threads, each request timed from send to
 last byte; then stops the server. Prints throughput, p50/p90/p99 latency, the error count
-and the server's resident memory before and after (a leak shows as growth). Stops by
-itself; exits 1 if any request failed.
+and the server's resident memory before and after (a leak shows as growth) and its peak
+(what one large image costs). Stops by itself; exits 1 if any request failed.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ import httpx
 import numpy as np
 
 
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its children (uvicorn workers), in MiB (Linux /proc)."""
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process and its children (uvicorn workers), in MiB (Linux /proc);
+    ``field="VmHWM"`` gives the peak since each process started instead."""
     pids = [pid] + [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     total = 0
     for p in pids:
         for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 total += int(line.split()[1])
     return total / 1024
 
@@ -105,7 +106,7 @@ def main() -> None:
         start_time = time.perf_counter()
         latencies, errors = run_clients(url, image, clients=args.clients, requests=args.requests, output=args.output)
         wall = time.perf_counter() - start_time
-        rss_after = rss_mib(process.pid)
+        rss_after, rss_peak = rss_mib(process.pid), rss_mib(process.pid, "VmHWM")
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(30)
@@ -116,7 +117,7 @@ def main() -> None:
     if len(ms):
         print(f"latency ms: p50 {np.percentile(ms, 50):.0f}, p90 {np.percentile(ms, 90):.0f}, "
               f"p99 {np.percentile(ms, 99):.0f}, max {ms.max():.0f}")
-    print(f"server RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after")
+    print(f"server RSS: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after, {rss_peak:.0f} MiB peak")
     for failure in errors[:5]:
         print("error:", failure)
     sys.exit(1 if errors else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -20,6 +21,19 @@ def _deterministic() -> Iterator[None]:
     torch.manual_seed(0)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Checkpoints run on OpenVINO by default are converted into a cache; the tests' go to a
+    # temporary folder (shared by the whole run, so each test checkpoint converts once), never ~/.cache.
+    previous = os.environ.get("SEMSEG_CACHE_DIR")
+    os.environ["SEMSEG_CACHE_DIR"] = str(tmp_path_factory.mktemp("semseg-cache"))
+    yield
+    if previous is None:
+        del os.environ["SEMSEG_CACHE_DIR"]
+    else:
+        os.environ["SEMSEG_CACHE_DIR"] = previous
 
 
 @pytest.fixture

@@ -1,8 +1,11 @@
 import json
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import semseg
@@ -96,13 +99,20 @@ def test_onnxruntime_predictor_gives_the_same_masks(checkpoint, images, tmp_path
     assert code == 0 and (tmp_path / "p" / "masks" / "0.png").is_file()
 
 
-@pytest.mark.parametrize("extra", [[], ["--channels-last", "--bf16"], ["--backend", "onnxruntime"]])
-def test_benchmark_prints_latency_and_share_of_peak(capsys, extra):
-    if "onnxruntime" in extra:
-        pytest.importorskip("onnxruntime")
+@pytest.mark.parametrize(("extra", "engine"), [
+    ([], None), (["--backend", "torch"], "torch"), (["--channels-last", "--bf16"], "torch-channels-last, bf16"),
+    (["--backend", "onnxruntime"], "onnxruntime"), (["--backend", "openvino"], "openvino"),
+])  # fmt: skip
+def test_benchmark_prints_latency_and_share_of_peak(capsys, extra, engine):
+    from semseg.inference.backends import choose_backend
+
+    for runtime in ("onnxruntime", "openvino"):
+        if runtime in extra:
+            pytest.importorskip(runtime)
     assert main(["benchmark", "--model", "lraspp", "--size", "64x64", "--repeats", "2", *extra]) == 0
     out = capsys.readouterr().out
-    assert "3.22M params" in out and "latency median" in out and "% of the measured peak" in out
+    assert f"batch 1 ({engine or choose_backend(None)}): 3.22M params" in out  # auto: the engine it chose
+    assert "latency median" in out and "% of the measured peak" in out
 
 
 def test_benchmark_rejects_torch_only_flags_on_onnxruntime(capsys):
@@ -220,3 +230,74 @@ def test_unloadable_model_files_are_named(images, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "gone.onnx"), str(images / "b"), "--backend", "onnxruntime",
                  "--out", str(tmp_path / "o")]) == 1  # fmt: skip
     assert "no such ONNX file" in capsys.readouterr().err
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width x height`` RGB pixels but carries almost no data (a bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_oversize_images_are_skipped_one_line_each_and_the_rest_written(checkpoint, images, tmp_path, capsys):
+    (images / "b" / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
+    (images / "b" / "a-big.png").write_bytes(png_header_only(3000, 2000))
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(images / "b"), "--out", str(out), "--quiet",
+                 "--max-pixels", "5000000"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "skipped" in line]
+    assert len(lines) == 2
+    assert "a-big.png: cannot read image" in lines[0] and "3000x2000 = 6,000,000 pixels" in lines[0]
+    assert "the limit is 5,000,000 pixels (--max-pixels)" in lines[0]
+    assert "bomb.png" in lines[1] and "decompression bomb" in lines[1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 1 and (out / "masks" / "0.png").is_file()
+    assert sorted(summary["failed"]) == [str(images / "b" / "a-big.png"), str(images / "b" / "bomb.png")]
+
+
+def test_without_flags_bombs_and_images_over_100_megapixels_are_skipped(checkpoint, images, tmp_path, capsys):
+    (images / "b" / "big.png").write_bytes(png_header_only(10_001, 10_000))
+    (images / "b" / "bomb.png").write_bytes(png_header_only(100_000, 100_000))  # used to abort the run
+    assert main(["predict", str(checkpoint), str(images / "b"), "--out", str(tmp_path / "o"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "10001x10000 = 100,010,000 pixels; the limit is 100,000,000" in err
+    assert "bomb.png: cannot read image" in err and "decompression bomb" in err and "Traceback" not in err
+    assert (tmp_path / "o" / "masks" / "0.png").is_file()
+
+
+class RunsOutOfMemory(torch.nn.Module):
+    """Segments images up to 2,000 pixels; larger ones fail as torch's CPU allocator does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] * x.shape[-1] > 2000:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 274877906944 bytes")  # fmt: skip
+        return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+
+def test_running_out_of_memory_skips_that_image_only(images, tmp_path):
+    from semseg.inference import Predictor
+    from semseg.inference.predict import predict_files
+
+    predictor = Predictor(RunsOutOfMemory(), classes=CLASSES, palette=[[0, 0, 0], [255, 0, 0]], mean=[0.5] * 3,
+                          std=[0.25] * 3)  # fmt: skip
+    summary = predict_files(predictor, [str(images / "a")], tmp_path / "out", progress=False)
+    assert list(summary["outputs"]) == [str(images / "a" / "1.jpg")]  # 33x35: small enough
+    reason = summary["failed"][str(images / "a" / "0.png")]
+    assert reason.startswith(f"out of memory segmenting {images / 'a' / '0.png'} (56x40)") and "--tile" in reason
+
+
+def test_a_bug_that_is_not_about_memory_still_raises(images, tmp_path):
+    from semseg.inference import Predictor
+    from semseg.inference.predict import predict_files
+
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    predictor = Predictor(Broken(), classes=CLASSES, palette=[[0, 0, 0], [255, 0, 0]], mean=[0.5] * 3, std=[0.25] * 3)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        predict_files(predictor, [str(images / "b")], tmp_path / "out", progress=False)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -22,6 +23,35 @@ def random_image(h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+RADIUS = 2  # two stacked 3x3 convolutions: each output pixel sees a 5x5 neighbourhood
+
+
+def context_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)).eval()
+
+
+def context_predictor(model: nn.Module | None = None, **options) -> Predictor:
+    """A predictor whose output at a pixel depends on its 5x5 neighbourhood, so tiling does matter near seams."""
+    return Predictor(model or context_model(), classes=["a", "b", "c"], palette=PALETTE, mean=(0.5,) * 3,
+                     std=(0.25,) * 3, **options)  # fmt: skip
+
+
+def far_from_seams(size: int, tile: int, overlap: float) -> np.ndarray:
+    """Pixels at least ``RADIUS`` from every edge of every window covering them (image borders excepted):
+    there, each window sees what the whole image sees, so blending must give the whole image's answer."""
+    stride = max(1, int(tile * (1 - overlap)))
+    starts = sorted({min(i * stride, size - tile) for i in range(-(-(size - tile) // stride) + 1)})
+    good = np.ones(size, dtype=bool)
+    for start in starts:
+        inside = np.zeros(size, dtype=bool)
+        inside[start : start + tile] = True
+        lo = 0 if start == 0 else start + RADIUS
+        hi = size if start + tile == size else start + tile - RADIUS
+        good &= ~inside | (np.arange(size) >= lo) & (np.arange(size) < hi)
+    return good
+
+
 @pytest.mark.parametrize("size", [(97, 131), (300, 80), (20, 20)])
 def test_sliding_window_equals_whole_image_for_a_pointwise_model(size):
     image = random_image(*size)
@@ -29,16 +59,78 @@ def test_sliding_window_equals_whole_image_for_a_pointwise_model(size):
     tiled_labels, tiled_probs = pointwise_predictor(tile=48, overlap=0.25)(image, return_probs=True)
     assert labels.shape == size and probs.shape == (3, *size)
     np.testing.assert_allclose(tiled_probs, probs, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(tiled_labels, labels)
     assert np.array_equal(pointwise_predictor(tile=48)(image), labels)
 
 
-def test_flip_tta_of_a_pointwise_model_changes_nothing():
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+@pytest.mark.parametrize("size", [(97, 131), (150, 64)])
+def test_sliding_window_matches_whole_image_away_from_the_seams(size, overlap):
+    # overlap=0 used to crash on any image at least twice the tile (the band carry-over took -0: rows)
+    image = random_image(*size, seed=1)
+    _, whole = context_predictor()(image, return_probs=True)
+    labels, tiled = context_predictor(tile=48, overlap=overlap)(image, return_probs=True)
+    good = far_from_seams(size[0], 48, overlap)[:, None] & far_from_seams(size[1], 48, overlap)[None, :]
+    assert good.mean() > 0.5
+    np.testing.assert_allclose(tiled[:, good], whole[:, good], rtol=1e-5, atol=1e-6)
+    assert np.abs(tiled - whole).max() > 1e-3  # the model does see across seams: this test could fail
+    assert np.array_equal(labels, tiled.argmax(0))
+    assert np.array_equal(context_predictor(tile=48, overlap=overlap)(image), labels)
+
+
+def test_flip_tta_averages_the_image_and_its_mirror():
     image = random_image(40, 50)
-    _, plain = pointwise_predictor()(image, return_probs=True)
-    _, flipped = pointwise_predictor(flip=True)(image, return_probs=True)
-    np.testing.assert_allclose(flipped, plain, rtol=1e-5, atol=1e-6)
-    _, multi = pointwise_predictor(scales=(0.5, 1.0, 1.5))(image, return_probs=True)
-    assert multi.shape == plain.shape and np.allclose(multi.sum(0), 1, atol=1e-5)
+    predictor = context_predictor()
+    _, plain = predictor(image, return_probs=True)
+    _, mirrored = predictor(np.ascontiguousarray(image[:, ::-1]), return_probs=True)
+    _, flipped = context_predictor(flip=True)(image, return_probs=True)
+    np.testing.assert_allclose(flipped, (plain + mirrored[:, :, ::-1]) / 2, rtol=1e-5, atol=1e-6)
+    assert np.abs(flipped - plain).max() > 1e-3
+
+
+def test_multi_scale_tta_is_the_average_of_the_resized_views():
+    image = random_image(40, 50, seed=2)
+    model = context_model()
+    x = (torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.25
+    expected = torch.zeros(1, 3, 40, 50)
+    with torch.no_grad():
+        for size in [(32, 32), (40, 50), (60, 75)]:  # scales 0.5 (raised to the 32-pixel minimum), 1, 1.5
+            view = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            probs = model(view).softmax(1)
+            expected += F.interpolate(probs, size=(40, 50), mode="bilinear", align_corners=False) / 3
+    labels, multi = context_predictor(model, scales=(0.5, 1.0, 1.5))(image, return_probs=True)
+    np.testing.assert_allclose(multi, expected[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(labels, expected[0].argmax(0).numpy())
+
+
+class SizeRecorder(nn.Module):
+    """Wraps a model and records the size of every input it sees."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(tuple(x.shape[-2:]))
+        return self.model(x)
+
+
+def test_images_over_max_whole_pixels_are_tiled_automatically():
+    image = random_image(100, 90, seed=3)  # 9,000 pixels
+    recorder = SizeRecorder(context_model())
+    labels, probs = context_predictor(recorder, max_whole_pixels=4096)(image, return_probs=True)
+    assert recorder.sizes and max(h * w for h, w in recorder.sizes) <= 4096  # 64x64 windows
+    _, tiled = context_predictor(tile=64)(image, return_probs=True)
+    np.testing.assert_allclose(probs, tiled, rtol=1e-5, atol=1e-6)
+    recorder.sizes.clear()
+    context_predictor(recorder, max_whole_pixels=9000)(image)
+    assert recorder.sizes == [(100, 90)]  # at the bound: run whole
+    recorder.sizes.clear()
+    context_predictor(recorder, max_whole_pixels=None)(random_image(3000, 1500))  # None: never tiled
+    assert recorder.sizes == [(3000, 1500)]
+    recorder.sizes.clear()
+    context_predictor(recorder)(random_image(2100, 2100))  # over the default bound of 2048 x 2048 pixels
+    assert recorder.sizes and set(recorder.sizes) <= {(1024, 1024)}  # AUTO_TILE windows
 
 
 def test_every_input_kind_gives_the_same_labels(tmp_path):
@@ -62,6 +154,8 @@ def test_bad_inputs_are_explained(tmp_path):
         to_rgb_array(torch.zeros(4, 4))
     with pytest.raises(ValueError, match="tile must be at least 32"):
         pointwise_predictor(tile=16)
+    with pytest.raises(ValueError, match="max_whole_pixels must be at least 1024"):
+        pointwise_predictor(max_whole_pixels=100)
 
 
 def test_from_checkpoint_uses_the_checkpoints_classes_and_normalisation(tmp_path):

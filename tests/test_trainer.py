@@ -158,7 +158,7 @@ def test_sync_bn_on_cpu_is_refused_with_a_reason(recipe):
     config = load_config(recipe, ["sync_bn=true"])
     two_cpus = distributed.DistInfo(rank=0, world_size=2, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="sync_bn needs CUDA"):
-        _fit(config, two_cpus, resume=False, stop_after=None, progress=False)
+        _fit(config, two_cpus, resume=False, overwrite=False, stop_after=None, progress=False)
 
 
 def test_cli_train_and_bad_override(recipe, tmp_path, capsys):
@@ -237,9 +237,44 @@ def test_train_then_evaluate_a_custom_folder_dataset(custom_dataset, tmp_path, c
     assert sorted(p.name for p in report.iterdir()) == ["confusion.png", "metrics.json", "per_class.md", "worst"]
     assert len(list((report / "worst").iterdir())) == 2  # both val images, worst first
 
-    args += ["--flip", "--scales", "0.75,1", "--tile", "32"]
+
+@pytest.mark.parametrize("options", [[], ["--tile", "32"], ["--flip", "--scales", "0.75,1", "--tile", "32"]])
+def test_evaluate_scores_the_predictions_its_options_give(custom_dataset, tmp_path, options):
+    import numpy as np
+    from PIL import Image
+
+    import semseg
+    from semseg.engine.checkpoint import save_weights
+    from semseg.inference.predictor import Predictor
+
+    torch.manual_seed(3)  # an untrained U-Net with a zero classifier bias: varied labels, changed by tiling and TTA
+    model = semseg.create_model("unet", num_classes=5, base_channels=4, depth=2).eval()
+    with torch.no_grad():
+        model.classifier.bias.zero_()
+    checkpoint = save_weights(model, tmp_path / "m.safetensors", classes=read_classes(custom_dataset),
+                              palette=[[i * 50] * 3 for i in range(5)], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+    report = tmp_path / "eval"
+    args = ["evaluate", str(checkpoint), "--data", str(custom_dataset), "--out", str(report), "--quiet", *options]
     assert main(args) == 0
-    assert json.loads((report / "metrics.json").read_text())["flip"] is True
+    metrics = json.loads((report / "metrics.json").read_text())
+    tile = int(options[options.index("--tile") + 1]) if "--tile" in options else None
+    tta = {"tile": tile, "flip": "--flip" in options, "scales": (0.75, 1.0) if "--scales" in options else (1.0,)}
+    assert (metrics["tile"], metrics["flip"], metrics["scales"]) == (tile, tta["flip"], list(tta["scales"]))
+    val = custom_dataset.parent / "val"
+    images = [val / "images" / f"{i}.jpg" for i in range(2)]
+    masks = [np.array(Image.open(val / "masks" / f"{i}.png")) for i in range(2)]
+    predictions = [Predictor.from_checkpoint(checkpoint, **tta)(image) for image in images]
+    plain = [Predictor.from_checkpoint(checkpoint)(image) for image in images]
+    assert options == [] or any((p != q).any() for p, q in zip(predictions, plain))  # the options change labels
+    correct = sum(int((p == m).sum()) for p, m in zip(predictions, masks))
+    assert metrics["pixel_accuracy"] == pytest.approx(correct / sum(m.size for m in masks))
+
+
+def read_classes(description) -> list[str]:
+    """The class names of a dataset description YAML."""
+    import yaml
+
+    return list(yaml.safe_load(description.read_text())["classes"])
 
 
 def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, recipe, custom_dataset):

@@ -10,6 +10,10 @@ from collections.abc import Sequence
 
 from semseg import __version__
 from semseg.demo import DemoConfig, run_demo
+from semseg.inference.backends import BACKENDS
+
+BACKEND_HELP = ("auto (default): OpenVINO where installed (a checkpoint on the CPU is converted once and cached), "
+                "else ONNX Runtime for .onnx files and torch channels-last for checkpoints")  # fmt: skip
 
 
 _OVERRIDE = re.compile(r"--[A-Za-z_][\w.]*=.*")
@@ -22,6 +26,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
 
 
@@ -38,17 +52,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from semseg.engine.trainer import fit
 
     config = load_config(args.config, args.overrides)
-    result = fit(config, resume=args.resume, stop_after=args.stop_after, progress=not args.quiet)
+    result = fit(config, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after,
+                 progress=not args.quiet)
     if result["history"]:
         print(f"val mIoU {result['mIoU']:.4f} (best {result['best_mIoU']:.4f}); checkpoints in {config.out}/")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from semseg.inference.backends import choose_backend
     from semseg.inference.evaluation import evaluate_checkpoint, per_class_table
 
+    backend = choose_backend(args.checkpoint, args.backend, args.device)
+    print(f"backend: {backend}")
     metrics = evaluate_checkpoint(args.checkpoint, args.data, root=args.root, split=args.split, device=args.device,
-                                  backend=args.backend, tile=args.tile, flip=args.flip, scales=args.scales, out=args.out,
+                                  backend=backend, tile=args.tile, flip=args.flip, scales=args.scales, out=args.out,
                                   progress=not args.quiet)  # fmt: skip
     print(per_class_table(metrics))
     if args.out:
@@ -62,8 +80,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend, tile=args.tile,
                                           flip=args.flip, scales=args.scales)  # fmt: skip
-    summary = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay,
-                            cutout_classes=args.cutout, probs=args.probs, progress=not args.quiet)  # fmt: skip
+    print(f"backend: {predictor.backend}")
+    summary = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay, cutout_classes=args.cutout,
+                            probs=args.probs, max_pixels=args.max_pixels, progress=not args.quiet)  # fmt: skip
     for item, reason in summary["failed"].items():
         print(f"semseg predict: skipped {item}: {reason}", file=sys.stderr)
     for item, video in summary["videos"].items():
@@ -74,7 +93,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from semseg.inference.export import export
+    from semseg.inference.export import export, openvino_path
 
     if args.int8:
         if args.format != "onnx":
@@ -93,7 +112,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
               f"{result['label_agreement']:.2%} of calibration pixels")  # fmt: skip
         return 0
     worst = export(args.checkpoint, args.out, fmt=args.format)
-    print(f"wrote {args.out}; parity with PyTorch on 3 input sizes: max abs diff {worst:.2e}")
+    written = openvino_path(args.checkpoint, args.out) if args.format == "openvino" else args.out
+    print(f"wrote {written}{' and its .bin' if args.format == 'openvino' else ''}; parity with PyTorch on 3 input "
+          f"sizes: max abs diff {worst:.2e}")  # fmt: skip
     return 0
 
 
@@ -105,7 +126,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(checkpoint=args.checkpoint, backend=args.backend, device=args.device,
                              threads=args.threads or max(1, (os.cpu_count() or 1) // args.workers),
                              max_upload_bytes=int(args.max_upload_mb * 2**20), max_pixels=args.max_pixels,
-                             max_queue=args.max_queue)  # fmt: skip
+                             max_queue=args.max_queue, body_timeout=args.body_timeout)  # fmt: skip
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"semseg serve: warning: listening on {args.host}, beyond this machine; the API has no "
               "authentication, so put it behind a proxy that has", file=sys.stderr)  # fmt: skip
@@ -118,7 +139,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
     r = benchmark(args.model, size=args.size, batch=args.batch, backend=args.backend, channels_last=args.channels_last,
                   bf16=args.bf16, repeats=args.repeats)  # fmt: skip
-    print(f"{r['model']} {r['size']} batch {r['batch']} ({r['backend']}{', channels_last' if args.channels_last else ''}"
+    print(f"{r['model']} {r['size']} batch {r['batch']} ({r['backend']}"
           f"{', bf16' if args.bf16 else ''}): {r['params_M']:.2f}M params, {r['gflops']:.1f} GFLOPs/image")
     print(f"latency median {r['latency_ms_median']:.1f} ms, p90 {r['latency_ms_p90']:.1f} ms; "
           f"{r['images_per_s']:.2f} images/s; {r['achieved_gflops_per_s']:.1f} GFLOP/s = "
@@ -151,6 +172,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
     for name in list_models():
         cost = model_cost(name, num_classes=args.num_classes, size=(h, w))
         print(f"{name:<16}{cost['params'] / 1e6:>12.2f}{cost['gflops']:>18.1f}")
+    return 0
+
+
+def _cmd_pretrained(args: argparse.Namespace) -> int:
+    from semseg.pretrained import list_pretrained
+
+    shipped = list_pretrained()
+    if not shipped:
+        print("no models ship with this version of semseg yet")
+        return 0
+    for m in shipped:
+        print(f"{m.name}: {m.architecture} on {m.dataset} ({len(m.classes)} classes: {', '.join(m.classes)}), "
+              f"val mIoU {m.val_mIoU:.4f}, {m.size_mb:.1f} MB\n  reproduce: {m.command}\n  model card: {m.card}")
     return 0
 
 
@@ -188,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     train.add_argument("config", help="YAML recipe (see configs/)")
     train.add_argument("--resume", action="store_true", help="continue from <out>/last.* exactly where it stopped")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in the out: folder (a fresh run refuses one otherwise)")
     train.add_argument("--stop-after", type=_positive_int, metavar="EPOCHS",
                        help="stop after this many epochs of this run (resume later with --resume)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -202,14 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
     ev.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.5,0.75,1,1.25,1.5,1.75")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
-    ev.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                    help="onnxruntime scores a file written by semseg export (fp32 or --int8)")
+    ev.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     ev.add_argument("--out", help="folder for metrics.json, per_class.md and confusion.png")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="segment images and videos: palette masks, overlays, cut-outs, overlay videos")
-    pr.add_argument("checkpoint", help="a .safetensors file written by semseg train or demo")
+    pr.add_argument("checkpoint", help="a .safetensors file written by semseg train or demo, or an .onnx / "
+                    "OpenVINO .xml file written by semseg export")
     pr.add_argument("inputs", nargs="+", help="image or video (.mp4 .avi .mov .mkv) files, folders or globs")
     pr.add_argument("--out", required=True,
                     help="output folder (masks/, overlays/, cutouts/, probs/, videos/, summary.json)")
@@ -220,19 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--probs", action="store_true",
                     help="also write probs/STEM.npy per image: float16 class probabilities of shape "
                          "(classes, H, W), summing to 1 over classes (images only, not videos)")
-    pr.add_argument("--tile", type=_positive_int, help="sliding-window size for large images (e.g. 512)")
+    pr.add_argument("--tile", type=_positive_int,
+                    help="sliding-window size (e.g. 512); without it, images over 2048x2048 = 4.2 megapixels "
+                         "run in 1024x1024 windows")  # fmt: skip
+    pr.add_argument("--max-pixels", type=_positive_int, default=100_000_000,
+                    help="skip images larger than this, width x height, read from the header (default: 100 megapixels)")
     pr.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
     pr.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.75,1,1.25")
-    pr.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                    help="onnxruntime runs a file written by semseg export")
+    pr.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     pr.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
 
-    ex = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript (dynamic batch/H/W), with a parity check")
+    ex = sub.add_parser("export", help="export a checkpoint to ONNX, TorchScript or OpenVINO IR (dynamic batch/H/W), "
+                        "with a parity check")  # fmt: skip
     ex.add_argument("checkpoint")
-    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    ex.add_argument("--out", required=True, help="output file (.onnx or .pt)")
+    ex.add_argument("--format", choices=["onnx", "torchscript", "openvino"], default="onnx")
+    ex.add_argument("--out", required=True,
+                    help="output file (.onnx, .pt; openvino: FILE.xml, or a folder for CHECKPOINT_STEM.xml + .bin)")
     ex.add_argument("--int8", nargs="+", metavar="IMAGES",
                     help="quantize to int8 (ONNX Runtime, static), calibrated on these images, folders or globs")
     ex.add_argument("--calibration-count", type=_positive_int, default=32, help="calibration images used (default: 32)")
@@ -241,19 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=_cmd_export)
 
     sv = sub.add_parser("serve", help="serve a checkpoint or ONNX file over HTTP (API, OpenAPI docs, web page)")
-    sv.add_argument("checkpoint", help=".safetensors checkpoint, or .onnx file from semseg export")
+    sv.add_argument("checkpoint", help=".safetensors checkpoint, or .onnx / OpenVINO .xml file from semseg export")
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--workers", type=_positive_int, default=1, help="server processes, each with its own model")
-    sv.add_argument("--threads", type=_positive_int, help="torch threads per worker (default: cores / workers)")
-    sv.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                    help="auto: onnxruntime for .onnx files, torch otherwise")
+    sv.add_argument("--threads", type=_positive_int,
+                    help="inference threads per worker, for every backend (default: cores / workers)")
+    sv.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     sv.add_argument("--device", default="cpu", help="cpu, cuda, ... (torch backend)")
     sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default: 20 MiB)")
     sv.add_argument("--max-pixels", type=_positive_int, default=25_000_000,
                     help="largest image, width x height (default: 25 megapixels)")
     sv.add_argument("--max-queue", type=_positive_int, default=32,
-                    help="requests allowed to wait for the model before 503 (default: 32)")
+                    help="requests allowed to wait for the model, besides the one running, before 503 (default: 32)")
+    sv.add_argument("--body-timeout", type=_positive_float, default=30.0,
+                    help="seconds to receive a request body before answering 408 (default: 30)")
     sv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     sv.set_defaults(func=_cmd_serve)
 
@@ -261,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--model", required=True)
     bm.add_argument("--size", type=_size, default=(512, 512), help="HxW (default: 512x512)")
     bm.add_argument("--batch", type=_positive_int, default=1)
-    bm.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    bm.add_argument("--backend", choices=BACKENDS, default="auto",
+                    help="auto (default): openvino where installed, else torch-channels-last")
     bm.add_argument("--channels-last", action="store_true")
     bm.add_argument("--bf16", action="store_true", help="bfloat16 autocast (torch backend)")
     bm.add_argument("--repeats", type=_positive_int, default=10, help="timed batches after 2 warm-up ones")
@@ -279,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", help="folder for histogram.png and report.json")
     check.set_defaults(func=_cmd_data_check)
 
+    pretrained = sub.add_parser("pretrained", help="list the models shipped inside semseg (usable by name as CHECKPOINT)")
+    pretrained.set_defaults(func=_cmd_pretrained)
     models = sub.add_parser("models", help="list the registered models with parameters and GFLOPs")
     models.add_argument("--num-classes", type=_positive_int, default=21)
     models.add_argument("--size", type=_size, default=(512, 512), help="input size for GFLOPs (default: 512x512)")

@@ -6,7 +6,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ class Server:
     checkpoint: Path
     classes: tuple[str, ...] = tuple(CLASSES)
     palette: tuple[list[int], ...] = tuple(PALETTE)
+    log: Path | None = None  # where the process writes its output
 
 
 def make_checkpoint(path: Path) -> Path:
@@ -58,7 +62,7 @@ def start_server(model_file: Path, log: Path, *extra: str) -> Server:
             raise RuntimeError(f"semseg serve exited with {process.returncode}:\n{log.read_text()}")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return Server(url, process, model_file)
+                return Server(url, process, model_file, log=log)
         except httpx.TransportError:
             pass
         time.sleep(0.2)
@@ -72,3 +76,24 @@ def stop_server(server: Server) -> None:
         server.process.wait(timeout=15)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+@contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a background thread of this process (so a test can hold its model);
+    yields the URL once startup, warm-up included, is complete."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the in-process server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)

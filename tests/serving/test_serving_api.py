@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from semseg.inference.backends import choose_backend
 from semseg.inference.predictor import Predictor
 from semseg.serving.codec import rle_decode
 from semseg.visualize import overlay
@@ -88,7 +89,7 @@ def test_model_description_health_and_openapi(server):
     assert model["architecture"] == "unet" and model["options"]["base_channels"] == 4
     assert model["classes"] == list(server.classes) and model["palette"] == list(server.palette)
     assert model["normalization"]["mean"] == [0.5] * 3 and model["normalization"]["std"] == [0.25] * 3
-    assert model["backend"] == "torch"
+    assert model["backend"] == choose_backend(server.checkpoint)  # auto: openvino where installed
     assert model["limits"] == {"max_upload_bytes": 262144, "max_pixels": 1_000_000}
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
@@ -168,6 +169,20 @@ def test_bad_parameters_are_422(server, photo):
     assert error["code"] == "missing_classes" and "cat" in error["message"]
     error = error_of(segment(server, photo, output="cutout", classes="horse"), 422)
     assert error["code"] == "unknown_class" and "'horse'" in error["message"]
+    error = error_of(segment(server, photo, output="cutout", classes=",,,"), 422)  # used to give an empty cut-out
+    assert error["code"] == "missing_classes" and "',,,' names no class" in error["message"]
+
+
+def test_multipart_body_cut_mid_part_is_400(server, photo):
+    whole = httpx.Request("POST", f"{server.url}/v1/segment", files={"image": ("photo.png", photo.read_bytes())})
+    body = whole.read()
+    for cut in (body[: len(body) // 2], body[:-10]):  # inside the file, and inside the closing boundary
+        response = httpx.post(f"{server.url}/v1/segment", content=cut,
+                              headers={"content-type": whole.headers["content-type"]})  # fmt: skip
+        error = error_of(response, 400)
+        assert error["code"] == "bad_multipart" and "cut short" in error["message"]
+    response = httpx.post(f"{server.url}/v1/segment", content=body, headers={"content-type": whole.headers["content-type"]})
+    assert response.status_code == 200  # the same body, whole, is fine
 
 
 def test_unknown_route_and_method_are_json_errors(server):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from semseg.inference.backends import choose_backend, installed
 from semseg.inference.export import export
 from semseg.inference.predictor import Predictor
 from semseg.serving.app import InferenceRunner
@@ -28,16 +29,20 @@ def mask_from(server, photo) -> np.ndarray:
         return np.array(png)
 
 
-def test_onnx_file_is_served_by_onnxruntime_with_the_same_masks(tmp_path, photo):
+@pytest.mark.parametrize("backend", ["auto", "onnxruntime", "openvino"])
+def test_onnx_file_is_served_with_the_same_masks_as_torch(tmp_path, photo, backend):
+    for needed in {"onnxruntime", backend} - {"auto"}:  # onnxruntime: the export's parity check
+        if not installed(needed):
+            pytest.skip(f"{needed} is not installed")
     checkpoint = make_checkpoint(tmp_path / "model.safetensors")
     onnx_file = tmp_path / "model.onnx"
     export(checkpoint, onnx_file, check_sizes=((64, 64),))
-    server = start_server(onnx_file, tmp_path / "server.log")
+    server = start_server(onnx_file, tmp_path / "server.log", "--backend", backend)
     try:
         model = httpx.get(f"{server.url}/v1/model").json()
-        assert model["backend"] == "onnxruntime" and model["architecture"] == "unet"
+        assert model["backend"] == choose_backend(onnx_file, backend) and model["architecture"] == "unet"
         assert model["classes"] == list(server.classes)
-        assert np.array_equal(mask_from(server, photo), Predictor.from_checkpoint(checkpoint)(photo))
+        assert np.array_equal(mask_from(server, photo), Predictor.from_checkpoint(checkpoint, backend="torch")(photo))
     finally:
         stop_server(server)
 
@@ -72,32 +77,36 @@ def test_rle_round_trip(shape):
     assert np.array_equal(rle_decode(rle), mask)
 
 
-def test_requests_beyond_the_queue_limit_get_503():
-    started = threading.Event()
+def test_max_queue_counts_the_waiting_requests_not_the_running_one():
+    ran: list[int] = []
 
-    def slow_predictor(rgb: np.ndarray) -> np.ndarray:
-        started.set()
-        time.sleep(0.3)
-        return np.zeros(rgb.shape[:2], dtype=np.uint8)
+    def job(i: int):
+        def run() -> int:
+            ran.append(i)
+            time.sleep(0.3)
+            return i
+        return run
 
-    runner = InferenceRunner(slow_predictor, max_queue=2)
-    outcomes: list[object] = []
+    runner = InferenceRunner(max_queue=2)
+    outcomes: dict[int, object] = {}
 
-    async def call() -> None:
+    async def call(i: int) -> None:
         try:
-            outcomes.append((await runner(np.zeros((4, 4, 3), dtype=np.uint8))).shape)
+            outcomes[i] = await runner(job(i))
         except ApiError as exc:
-            outcomes.append(exc.status)
+            outcomes[i] = exc.status
 
     async def main() -> None:
         runner.limiter = anyio.CapacityLimiter(1)
         async with anyio.create_task_group() as group:
-            for _ in range(3):
-                group.start_soon(call)
+            for i in range(4):
+                group.start_soon(call, i)
         assert runner.pending == 0
 
     anyio.run(main)
-    assert sorted(map(str, outcomes)) == ["(4, 4)", "(4, 4)", "503"]
+    # one runs and two wait (--max-queue 2, as the README says); only the fourth is refused, and its job never runs
+    assert outcomes == {0: 0, 1: 1, 2: 2, 3: 503}
+    assert ran == [0, 1, 2]
 
 
 def test_serve_refuses_missing_and_unreadable_model_files(tmp_path, capsys):

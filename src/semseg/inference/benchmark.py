@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from semseg.inference.backends import choose_backend, compile_openvino, onnxruntime_session
 from semseg.profile import model_cost
 from semseg.registry import create_model
 
@@ -54,7 +55,7 @@ def benchmark(
     *,
     size: tuple[int, int],
     batch: int = 1,
-    backend: str = "torch",
+    backend: str = "auto",
     channels_last: bool = False,
     bf16: bool = False,
     num_classes: int = 21,
@@ -64,7 +65,14 @@ def benchmark(
     """Params, GFLOPs, latency (median, p90), images/s, achieved GFLOP/s and its share of the peak.
 
     ``warmup`` untimed batches come first: the first calls allocate buffers and pick kernels.
+    ``backend`` is any of :data:`~semseg.inference.backends.BACKENDS`; ``auto`` resolves as for a
+    checkpoint on the CPU, and the engine that ran is in the result.
     """
+    if channels_last and backend in ("auto", "torch"):
+        backend = "torch-channels-last"
+    elif bf16 and backend == "auto":  # a torch-only option: auto means torch then
+        backend = "torch"
+    backend = choose_backend(None, backend, "cpu")
     cost = model_cost(name, num_classes=num_classes, size=size)
     model = create_model(name, num_classes=num_classes).eval()
     x = torch.randn(batch, 3, *size)
@@ -89,13 +97,11 @@ def benchmark(
 
 
 def _runner(model, x: torch.Tensor, *, backend: str, channels_last: bool, bf16: bool) -> Callable[[], object]:
-    if backend == "onnxruntime":
+    if not backend.startswith("torch"):
         if channels_last or bf16:
             raise ValueError("--channels-last and --bf16 apply to the torch backend only")
-        return _onnx_runner(model, x)
-    if backend != "torch":
-        raise ValueError(f"backend must be torch or onnxruntime, got {backend!r}")
-    if channels_last:
+        return _exported_runner(model, x, backend)
+    if backend == "torch-channels-last":
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
 
     def run() -> object:
@@ -105,15 +111,18 @@ def _runner(model, x: torch.Tensor, *, backend: str, channels_last: bool, bf16: 
     return run
 
 
-def _onnx_runner(model, x: torch.Tensor) -> Callable[[], object]:
+def _exported_runner(model, x: torch.Tensor, backend: str) -> Callable[[], object]:
+    """``model`` exported to ONNX at ``x``'s shape and run by ONNX Runtime or OpenVINO, each configured
+    as the Predictor configures it (threads, no spinning, fp32)."""
     import warnings
-
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"])
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        if backend == "openvino":
+            compiled, array = compile_openvino(str(path)), x.numpy()
+            return lambda: compiled(array)
+        session = onnxruntime_session(path)
     feed = {"image": x.numpy()}
     return lambda: session.run(None, feed)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from semseg.progress import progress_bar
 
 from semseg.engine.datasets import open_dataset
 from semseg.inference.predictor import Predictor
@@ -29,7 +29,7 @@ def evaluate_checkpoint(
     root: str | None = None,
     split: str = "val",
     device: str = "cpu",
-    backend: str = "torch",
+    backend: str = "auto",
     tile: int | None = None,
     flip: bool = False,
     scales: Sequence[float] = (1.0,),
@@ -50,7 +50,7 @@ def evaluate_checkpoint(
                          "evaluate on the dataset it was trained for")  # fmt: skip
     total = ConfusionMatrix(len(data.classes), ignore_index=data.ignore_index)
     scores = []
-    for i in tqdm(range(len(data)), desc="evaluate", disable=not progress, dynamic_ncols=True):
+    for i in progress_bar(range(len(data)), desc="evaluate", enabled=progress):
         _, mask = data.raw(i)
         pred = torch.from_numpy(predictor(data.raw(i)[0]).astype(np.int64))
         one = ConfusionMatrix(len(data.classes), ignore_index=data.ignore_index)
@@ -61,7 +61,7 @@ def evaluate_checkpoint(
     if out is not None:
         _write_report(Path(out), metrics, total.mat, data, predictor, scores,
                       {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "images": len(data),
-                       "tile": tile, "flip": flip, "scales": list(scales)})  # fmt: skip
+                       "backend": predictor.backend, "tile": tile, "flip": flip, "scales": list(scales)})  # fmt: skip
     return metrics
 
 

@@ -9,19 +9,22 @@ from __future__ import annotations
 import glob
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+import torch
+from semseg.progress import progress_bar
 
 from semseg.data.base import IMAGE_SUFFIXES
-from semseg.inference.predictor import Predictor, to_rgb_array
+from semseg.inference.pipeline import run_pipeline
+from semseg.inference.predictor import ImageTooLarge, Predictor, to_rgb_array
 from semseg.visualize import cutout, overlay, palette_image
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 VIDEO_HINT = 'reading videos needs OpenCV: pip install "semseg[video]"'
+MAX_PIXELS = 100_000_000  # the default --max-pixels: 10,000 x 10,000 (larger images are refused from their header)
 
 
 def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
@@ -69,9 +72,11 @@ def predict_files(
     overlays: bool = True,
     cutout_classes: Sequence[str] = (),
     probs: bool = False,
+    max_pixels: int = MAX_PIXELS,
     progress: bool = True,
 ) -> dict:
-    """Segment every input; returns a summary. A file that cannot be read is reported and skipped.
+    """Segment every input; returns a summary. A file that cannot be read, declares more than
+    ``max_pixels`` pixels, or runs out of memory is reported in ``failed`` and skipped.
 
     ``overlays``, ``cutout_classes`` and ``probs`` apply to images; a video always gives its
     overlay video, since that is its only output.
@@ -86,19 +91,36 @@ def predict_files(
     images = [p for p in files if not is_video(p)]
     names = output_names(images)
     written = {}
-    for path in tqdm(images, desc="predict", disable=not progress, dynamic_ncols=True):
+    for path in progress_bar(images, desc="predict", enabled=progress):
         try:
-            image = to_rgb_array(path)
+            image = to_rgb_array(path, max_pixels=max_pixels)
+        except ImageTooLarge as exc:
+            failed[str(path)] = f"{exc} (--max-pixels)"
+            continue
         except ValueError as exc:
             failed[str(path)] = str(exc)
             continue
-        _predict_image(predictor, image, path, out, names[path], overlays=overlays, keep=keep, probs=probs)
+        try:
+            _predict_image(predictor, image, path, out, names[path], overlays=overlays, keep=keep, probs=probs)
+        except (MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            h, w = image.shape[:2]
+            failed[str(path)] = f"out of memory segmenting {path} ({w}x{h}); try a smaller --tile, e.g. --tile 512"
+            continue
         written[str(path)] = f"{names[path]}.png"
     videos = predict_videos(predictor, [p for p in files if is_video(p)], out, failed=failed, progress=progress)
-    summary = {"images": len(written), "outputs": written, "videos": videos, "failed": failed, "out": str(out)}
+    summary = {"images": len(written), "outputs": written, "videos": videos, "failed": failed, "out": str(out),
+               "backend": predictor.backend}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: NumPy's MemoryError, CUDA's OutOfMemoryError, or the
+    RuntimeError of torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory")."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
 
 
 def _target(out: Path, folder: str, filename: str, source: Path) -> Path:
@@ -154,30 +176,35 @@ def predict_videos(
 def segment_video(predictor: Predictor, path: Path, target: Path, *, progress: bool = True) -> tuple[int, float]:
     """Write the overlay of every frame of ``path`` to ``target``; returns (frames, seconds).
 
+    Decoding, segmenting and drawing + encoding overlap in three threads
+    (:func:`~semseg.inference.pipeline.run_pipeline`); every frame is written, in order.
     ValueError for a video that cannot be opened or has no frames; ImportError without OpenCV.
     """
     cv2 = _import_cv2()
     capture = cv2.VideoCapture(str(path))
-    writer, frames = None, 0
+    writer = None
+
+    def decoded() -> Iterator[np.ndarray]:
+        while (frame := capture.read())[0]:
+            yield cv2.cvtColor(frame[1], cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR; the model was trained on RGB
+
+    def write(item: tuple[np.ndarray, np.ndarray]) -> None:
+        nonlocal writer
+        rgb, mask = item
+        tinted = np.asarray(overlay(rgb, mask, predictor.palette))
+        if writer is None:  # opened on the first frame, so an empty video leaves no file behind
+            writer = _open_writer(cv2, target, fps, rgb.shape)
+        writer.write(cv2.cvtColor(tinted, cv2.COLOR_RGB2BGR))
+        bar.update()
+
     try:
         if not capture.isOpened():
             raise ValueError(f"cannot open video {path}")
         fps = capture.get(cv2.CAP_PROP_FPS)
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))  # an estimate for some containers: only for the bar
         start = time.perf_counter()
-        with tqdm(total=count if count > 0 else None, desc=path.name, unit="frame", disable=not progress,
-                  dynamic_ncols=True) as bar:  # fmt: skip
-            while True:
-                ok, bgr = capture.read()
-                if not ok:
-                    break
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR; the model was trained on RGB
-                tinted = np.asarray(overlay(rgb, predictor(rgb), predictor.palette))
-                if writer is None:  # opened on the first frame, so an empty video leaves no file behind
-                    writer = _open_writer(cv2, target, fps, bgr.shape)
-                writer.write(cv2.cvtColor(tinted, cv2.COLOR_RGB2BGR))
-                frames += 1
-                bar.update()
+        with progress_bar(total=count if count > 0 else None, desc=path.name, unit="frame", enabled=progress) as bar:
+            frames = run_pipeline(decoded(), lambda rgb: (rgb, predictor(rgb)), write)
         seconds = time.perf_counter() - start
     finally:
         capture.release()

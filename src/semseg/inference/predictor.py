@@ -9,9 +9,10 @@ flip / multi-scale test-time augmentation as in the PSPNet and DeepLab papers.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -19,24 +20,64 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
-from semseg.engine.checkpoint import load_model
+from semseg.data.base import rgb_array
+from semseg.inference.backends import load_backend
+from semseg.pretrained import resolve_checkpoint
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 MIN_SIZE = 32  # every semseg model accepts inputs from 32x32 up
+# Whole-image inference costs memory in proportion to the pixels (LR-ASPP on a 4000x4000 image: 3.1 GB
+# peak in `semseg serve`). Above MAX_WHOLE_PIXELS (Cityscapes' 2048x1024 stays whole), images run in
+# AUTO_TILE windows unless ``tile`` says otherwise (1.4 GB for the same image; docs/benchmarks.md).
+# Fixed defaults rather than bounds read from free memory, so an image gets the same labels on every machine.
+MAX_WHOLE_PIXELS = 2048 * 2048
+AUTO_TILE = 1024
 
 
 def rgb_from_pil(image: Image.Image) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB, turned upright by the EXIF orientation tag as image viewers show it."""
-    return np.array(ImageOps.exif_transpose(image).convert("RGB"))
+    return rgb_array(ImageOps.exif_transpose(image), getattr(image, "filename", "") or "image")
 
 
-def to_rgb_array(image: ImageLike) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB from a path, PIL image, ``(H, W[, 3|4])`` array or ``(3, H, W)`` tensor."""
+class ImageTooLarge(ValueError):
+    """An image file that declares more pixels than allowed: refused from its header, before decoding."""
+
+
+def open_image(source: str | Path | IO[bytes], *, max_pixels: int | None = None) -> Image.Image:
+    """The PIL image of an encoded file, opened lazily (only the header is read so far).
+
+    With ``max_pixels``, more pixels than that raise :class:`ImageTooLarge` before anything is
+    decompressed, and PIL's own decompression-bomb warning gives way to that limit. PIL's hard
+    limit (``2 * Image.MAX_IMAGE_PIXELS``) always applies, also as :class:`ImageTooLarge`.
+    """
+    with warnings.catch_warnings():
+        if max_pixels is not None:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except Image.DecompressionBombError:
+            raise ImageTooLarge(f"it declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels "
+                                "(a decompression bomb?)") from None  # fmt: skip
+    w, h = image.size
+    if max_pixels is not None and w * h > max_pixels:
+        image.close()
+        raise ImageTooLarge(f"it is {w}x{h} = {w * h:,} pixels")
+    return image
+
+
+def to_rgb_array(image: ImageLike, *, max_pixels: int | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB from a path, PIL image, ``(H, W[, 3|4])`` array or ``(3, H, W)`` tensor.
+
+    A path is refused (:class:`ImageTooLarge`) when it declares more than ``max_pixels`` pixels.
+    """
     if isinstance(image, (str, Path)):
         try:
-            with Image.open(image) as opened:
+            with open_image(image, max_pixels=max_pixels) as opened:
                 return rgb_from_pil(opened)
-        except (OSError, ValueError) as exc:
+        except ImageTooLarge as exc:
+            limit = f"; the limit is {max_pixels:,} pixels" if max_pixels is not None else ""
+            raise ImageTooLarge(f"cannot read image {image}: {exc}{limit}") from None
+        except (OSError, ValueError, SyntaxError) as exc:  # SyntaxError: some PIL decoders' "broken file"
             raise ValueError(f"cannot read image {image}: {exc}") from None
     if isinstance(image, Image.Image):
         return rgb_from_pil(image)
@@ -59,9 +100,14 @@ def to_rgb_array(image: ImageLike) -> np.ndarray:
 
 def model_input(rgb: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """The ``(1, 3, H, W)`` float tensor a model sees for ``(H, W, 3)`` uint8 ``rgb``: scaled to 0..1,
-    then normalised by ``mean`` and ``std`` (``(1, 3, 1, 1)`` tensors, on the model's device)."""
-    x = torch.from_numpy(rgb).to(mean.device).permute(2, 0, 1)[None].float().div_(255)
-    return (x - mean) / std
+    then normalised by ``mean`` and ``std`` (``(1, 3, 1, 1)`` tensors, on the model's device).
+
+    Three passes over the pixels (convert-and-transpose, scale, shift) instead of five: 0.4 ms
+    instead of 1.3 ms at 360x480 here (docs/benchmarks.md, "Work around the model").
+    """
+    x = torch.empty((1, 3, *rgb.shape[:2]), device=mean.device)
+    x.copy_(torch.from_numpy(rgb).to(mean.device).permute(2, 0, 1)[None])  # uint8 HWC -> float NCHW
+    return x.mul_(1 / (255 * std)).add_(-mean / std)  # (x / 255 - mean) / std
 
 
 class Predictor:
@@ -69,6 +115,8 @@ class Predictor:
 
     ``tile``: run windows of ``tile x tile`` pixels (stride ``tile * (1 - overlap)``),
     blending overlaps with a tent weight, for images larger than ``tile`` in either side.
+    Without ``tile``, images over ``max_whole_pixels`` run in windows of ``AUTO_TILE`` pixels a side
+    (or ``isqrt(max_whole_pixels)`` if smaller), so memory stays bounded; ``None`` runs them whole.
     ``scales`` and ``flip``: test-time augmentation; probabilities are averaged.
     """
 
@@ -85,10 +133,13 @@ class Predictor:
         overlap: float = 1 / 3,
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
+        max_whole_pixels: int | None = MAX_WHOLE_PIXELS,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         if tile is not None and tile < MIN_SIZE:
             raise ValueError(f"tile must be at least {MIN_SIZE} pixels, got {tile}")
+        if max_whole_pixels is not None and max_whole_pixels < MIN_SIZE**2:
+            raise ValueError(f"max_whole_pixels must be at least {MIN_SIZE**2}, got {max_whole_pixels}")
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if not scales or min(scales) <= 0:
@@ -99,25 +150,27 @@ class Predictor:
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.tile, self.overlap, self.scales, self.flip = tile, overlap, tuple(scales), flip
+        self.max_whole_pixels = max_whole_pixels
         self.metadata = dict(metadata or {})  # the checkpoint's own description (model_config, version, ...)
+        self.backend = getattr(model, "engine", "torch")  # which engine runs the model (a plain module: torch)
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, device: str | torch.device = "cpu", backend: str = "torch", **options: Any
+        cls, path: str | Path, *, device: str | torch.device = "cpu", backend: str = "auto", **options: Any
     ) -> Predictor:
-        """A predictor for a ``.safetensors`` checkpoint (``backend="torch"``) or an ``.onnx`` file
-        written by ``semseg export`` (``backend="onnxruntime"``, CPU)."""
-        if backend == "onnxruntime":
-            from semseg.inference.export import OnnxModel
-
-            model = OnnxModel(path)
-            meta = model.metadata
-        elif backend == "torch":
-            model, meta = load_model(path)
-        else:
-            raise ValueError(f"backend must be 'torch' or 'onnxruntime', got {backend!r}")
+        """A predictor for a ``.safetensors`` checkpoint, or an ``.onnx`` / OpenVINO ``.xml`` file written
+        by ``semseg export``, on the engine ``backend`` names (``auto``: the fastest one installed for
+        the file and device, see :func:`~semseg.inference.backends.choose_backend`)."""
+        model = load_backend(path, backend, device)
+        meta = model.metadata
         return cls(model, classes=meta["classes"], palette=meta["palette"], mean=meta["mean"], std=meta["std"],
                    device=device, metadata=meta, **options)  # fmt: skip
+
+    @classmethod
+    def from_pretrained(cls, name: str, *, device: str | torch.device = "cpu", backend: str = "auto",
+                        **options: Any) -> Predictor:  # fmt: skip
+        """A predictor for a model shipped inside semseg (``semseg pretrained`` lists them), e.g. ``camvid-<arch>``."""
+        return cls.from_checkpoint(resolve_checkpoint(name), device=device, backend=backend, **options)
 
     @torch.inference_mode()
     def __call__(self, image: ImageLike, *, return_probs: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -140,20 +193,28 @@ class Predictor:
         """Label maps of several images (any mix of sizes and kinds)."""
         return [self(image) for image in images]
 
+    def _tile_for(self, h: int, w: int) -> int | None:
+        """The window side for an ``h x w`` image, or None to run it whole."""
+        if self.tile is not None:
+            return self.tile if max(h, w) > self.tile else None
+        if self.max_whole_pixels is not None and h * w > self.max_whole_pixels:
+            return min(AUTO_TILE, math.isqrt(self.max_whole_pixels))
+        return None
+
     def _single_view(self, rgb: np.ndarray) -> bool:
         """One forward pass at the image's own size covers it: no test-time augmentation, no
         tiling, and no upsampling of an image under ``MIN_SIZE``."""
         h, w = rgb.shape[:2]
-        whole = self.tile is None or max(h, w) <= self.tile
+        whole = self._tile_for(h, w) is None
         return whole and min(h, w) >= MIN_SIZE and self.scales == (1.0,) and not self.flip
 
     def _probability_bands(self, rgb: np.ndarray) -> Iterator[np.ndarray]:
         """``(C, rows, W)`` probabilities, top to bottom: the whole image at once, or tile-row bands."""
-        h, w = rgb.shape[:2]
-        if self.tile is None or max(h, w) <= self.tile:
+        tile = self._tile_for(*rgb.shape[:2])
+        if tile is None:
             yield self._whole(self._tensor(rgb))[0].cpu().float().numpy()
         else:
-            for band, _ in self._tiled(rgb):
+            for band, _ in self._tiled(rgb, tile):
                 yield band
 
     def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
@@ -175,13 +236,12 @@ class Predictor:
                 total = probs if total is None else total + probs
         return total / (len(self.scales) * (2 if self.flip else 1))
 
-    def _tiled(self, rgb: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+    def _tiled(self, rgb: np.ndarray, tile: int) -> Iterator[tuple[np.ndarray, int]]:
         """Finished rows of the probability map, a band at a time: ``((C, rows, W), first_row)``.
 
         Only one band of ``tile`` rows is held, so memory grows with the width, never the height.
         """
         h, w = rgb.shape[:2]
-        tile = self.tile
         stride = max(1, int(tile * (1 - self.overlap)))
         tops = _starts(h, tile, stride)
         lefts = _starts(w, tile, stride)
@@ -192,8 +252,8 @@ class Predictor:
             rows = min(tile, h - top)
             acc_new = torch.zeros(len(self.classes), rows, w, device=self.device)
             wsum_new = torch.zeros(rows, w, device=self.device)
-            if acc is not None:  # carry over the rows the previous band shares with this one
-                shared = prev_end - top
+            shared = prev_end - top  # rows the previous band shares with this one (none when overlap=0)
+            if shared > 0:
                 acc_new[:, :shared], wsum_new[:shared] = acc[:, -shared:], band_weight[-shared:]
             acc, band_weight = acc_new, wsum_new
             for left in lefts:

@@ -5,21 +5,24 @@ limit), handed to the predictor, and the label map is rendered as the client ask
 
 Concurrency: each server process runs one inference at a time, in a worker thread
 (``anyio`` capacity limiter of 1), so the event loop keeps answering ``/healthz`` while a
-request is being segmented and two requests never share the model's threads. Requests
-beyond ``max_queue`` waiting ones get 503 at once instead of piling up memory. Scale out
-with ``--workers N``: N processes, each with its own copy of the model.
+request is being segmented and two requests never share the model's threads. A request is
+decoded only once it holds the model, so waiting ones cost their compressed bytes, not their
+pixels; requests beyond ``max_queue`` waiting ones get 503 at once. Large images run in
+tiles (the Predictor's ``max_whole_pixels``), so one request's memory stays bounded too.
+Scale out with ``--workers N``: N processes, each with its own copy of the model.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Literal
+from typing import Literal, TypeVar
 
 import anyio
 import numpy as np
@@ -27,8 +30,10 @@ import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
 from semseg import __version__
 from semseg.inference.predictor import Predictor
@@ -37,6 +42,8 @@ from semseg.visualize import cutout, overlay, palette_image
 
 SETTINGS_ENV = "SEMSEG_SERVE_SETTINGS"  # how `--workers N` hands the settings to each worker process
 RAW_TYPES = ("image/", "application/octet-stream")
+log = logging.getLogger("uvicorn.error")  # uvicorn's own log, so its --log-level and format apply
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,26 +51,21 @@ class ServeSettings:
     """What a server process needs: the model file and the limits it enforces."""
 
     checkpoint: str
-    backend: str = "auto"  # "torch", "onnxruntime", or "auto": by the file's suffix
+    backend: str = "auto"  # one of semseg.inference.backends.BACKENDS; auto: by file type and what is installed
     device: str = "cpu"
-    threads: int | None = None  # torch intra-op threads per process; None keeps torch's default
+    threads: int | None = None  # inference threads per process (every backend); None keeps torch's default
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 25_000_000
     max_queue: int = 32
+    body_timeout: float = 30.0  # seconds to receive a whole request body before 408
 
 
 def load_predictor(settings: ServeSettings) -> Predictor:
-    """The predictor for ``settings.checkpoint`` (``.onnx`` runs on ONNX Runtime when backend is auto)."""
+    """The predictor for ``settings.checkpoint`` on ``settings.backend`` (ONNX Runtime and OpenVINO
+    take torch's thread count, so ``threads`` applies to every backend)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    return Predictor.from_checkpoint(settings.checkpoint, device=settings.device, backend=resolve_backend(settings))
-
-
-def resolve_backend(settings: ServeSettings) -> str:
-    """The backend that runs ``settings.checkpoint``: ``auto`` picks ONNX Runtime for ``.onnx`` files."""
-    if settings.backend != "auto":
-        return settings.backend
-    return "onnxruntime" if settings.checkpoint.lower().endswith(".onnx") else "torch"
+    return Predictor.from_checkpoint(settings.checkpoint, device=settings.device, backend=settings.backend)
 
 
 def model_description(predictor: Predictor, settings: ServeSettings) -> dict:
@@ -77,7 +79,7 @@ def model_description(predictor: Predictor, settings: ServeSettings) -> dict:
         "normalization": {"mean": predictor.mean.flatten().tolist(), "std": predictor.std.flatten().tolist(),
                           "scale": "pixel values / 255, then (x - mean) / std"},  # fmt: skip
         "file": os.path.basename(settings.checkpoint),
-        "backend": resolve_backend(settings),
+        "backend": predictor.backend,
         "trained_with": predictor.metadata.get("semseg_version"),
         "server_version": __version__,
         "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_pixels": settings.max_pixels},
@@ -85,34 +87,52 @@ def model_description(predictor: Predictor, settings: ServeSettings) -> dict:
 
 
 class InferenceRunner:
-    """Runs the predictor off the event loop, one image at a time, with a bounded wait queue."""
+    """Runs jobs on the model off the event loop, one at a time, with at most ``max_queue`` waiting."""
 
-    def __init__(self, predictor: Predictor, max_queue: int) -> None:
-        self.predictor, self.max_queue = predictor, max_queue
-        self.pending = 0  # only touched from the event loop thread, so no lock is needed
+    def __init__(self, max_queue: int) -> None:
+        self.max_queue = max_queue
+        self.pending = 0  # admitted: running or waiting; only touched from the event loop thread, so no lock
         self.limiter: anyio.CapacityLimiter | None = None  # made inside the running loop (lifespan)
 
-    async def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        if self.pending >= self.max_queue:
-            raise ApiError(503, "busy", f"{self.pending} requests are already waiting (--max-queue); retry shortly")
+    async def __call__(self, job: Callable[[], T]) -> T:
+        """``job()`` in a worker thread once the model is free; 503 when ``max_queue`` requests already wait.
+
+        The first admitted request holds the model, so ``pending - 1`` are waiting.
+        """
+        if self.pending - 1 >= self.max_queue:
+            raise ApiError(503, "busy", f"{self.pending - 1} requests are already waiting for the one being "
+                           "segmented (--max-queue); retry shortly")  # fmt: skip
         self.pending += 1
         try:
-            return await anyio.to_thread.run_sync(self.predictor, rgb, limiter=self.limiter)
+            return await anyio.to_thread.run_sync(job, limiter=self.limiter)
         finally:
             self.pending -= 1
 
 
-async def read_image_bytes(request: Request, limit: int) -> bytes:
-    """The uploaded image: the ``image`` field of a multipart form, or the raw body; at most ``limit`` bytes."""
+class ClientGone(Exception):
+    """The client closed the connection before its request body arrived; there is nobody to answer."""
+
+
+async def read_image_bytes(request: Request, limit: int, timeout: float) -> bytes:
+    """The uploaded image: the ``image`` field of a multipart form, or the raw body; at most ``limit`` bytes,
+    received within ``timeout`` seconds (408 otherwise, so a stalled client cannot hold a socket forever)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"the request body is {int(declared):,} bytes; the limit is "
                        f"{limit:,} bytes (semseg serve --max-upload-mb)")  # fmt: skip
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, "body_too_large", f"the request body exceeds the limit of {limit:,} bytes")
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, "body_too_large", f"the request body exceeds the limit of {limit:,} bytes")
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"the request body did not arrive within {timeout:g} s (semseg serve "
+                       f"--body-timeout); {len(body):,} bytes came") from None  # fmt: skip
+    except ClientDisconnect:
+        raise ClientGone(f"client {_peer(request)} disconnected after {len(body):,} of {declared or '?'} "
+                         "body bytes") from None  # fmt: skip
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         return await _multipart_image(request, bytes(body))
@@ -123,10 +143,20 @@ async def read_image_bytes(request: Request, limit: int) -> bytes:
                    "the field 'image', or the raw image bytes as image/png, image/jpeg, ...")  # fmt: skip
 
 
+def _peer(request: Request) -> str:
+    """``host:port`` of the client, for log lines."""
+    return f"{request.client.host}:{request.client.port}" if request.client else "(unknown)"
+
+
 async def _multipart_image(request: Request, body: bytes) -> bytes:
     async def replay() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
 
+    _, options = parse_options_header(request.headers["content-type"])
+    boundary = options.get(b"boundary")
+    if boundary and b"--" + boundary + b"--" not in body:  # the parser would just drop the unfinished part
+        raise ApiError(400, "bad_multipart", "the multipart body ends before its closing boundary: the upload was "
+                       "cut short")  # fmt: skip
     try:
         form = await Request(request.scope, replay).form(max_files=4, max_fields=16)
     except (MultiPartException, StarletteHTTPException) as exc:
@@ -174,6 +204,9 @@ def cutout_ids(text: str | None, classes: list[str]) -> list[int]:
             ids.append(int(item))
         else:
             raise ApiError(422, "unknown_class", f"unknown class {item!r}; this model's classes: {', '.join(classes)}")
+    if not ids:
+        raise ApiError(422, "missing_classes", f"classes={text!r} names no class; this model's classes: "
+                       f"{', '.join(classes)}")  # fmt: skip
     return ids
 
 
@@ -188,7 +221,8 @@ SEGMENT_BODY = {
         },
     },
     "responses": {"200": {"content": {"image/png": {}, "application/json": {}}},
-                  "400": {"description": "undecodable image or malformed form"},
+                  "400": {"description": "undecodable image, or a malformed or truncated form"},
+                  "408": {"description": "the body did not arrive within the timeout"},
                   "413": {"description": "body or pixel count over the limit"},
                   "415": {"description": "unsupported Content-Type"},
                   "422": {"description": "bad parameter or missing field"},
@@ -198,13 +232,13 @@ SEGMENT_BODY = {
 
 def create_app(predictor: Predictor, settings: ServeSettings) -> FastAPI:
     """The ASGI app serving ``predictor`` under ``settings``' limits."""
-    runner = InferenceRunner(predictor, settings.max_queue)
+    runner = InferenceRunner(settings.max_queue)
     state = {"ready": False}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         runner.limiter = anyio.CapacityLimiter(1)
-        await runner(np.zeros((64, 64, 3), dtype=np.uint8))  # warm-up: first calls allocate and plan
+        await runner(lambda: predictor(np.zeros((64, 64, 3), dtype=np.uint8)))  # warm-up: first calls allocate and plan
         state["ready"] = True
         yield
         state["ready"] = False
@@ -246,11 +280,14 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> FastAPI:
     ) -> Response:
         """Segment one image: a palette PNG mask, a colour overlay, an RGBA cut-out, or JSON statistics."""
         keep = cutout_ids(classes, predictor.classes) if output == "cutout" else []
-        data = await read_image_bytes(request, settings.max_upload_bytes)
-        rgb = await anyio.to_thread.run_sync(lambda: decode_image(data, max_pixels=settings.max_pixels))
-        start = time.perf_counter()
-        mask = await runner(rgb)
-        elapsed_ms = (time.perf_counter() - start) * 1000
+        data = await read_image_bytes(request, settings.max_upload_bytes, settings.body_timeout)
+
+        def decode_and_segment() -> tuple[np.ndarray, np.ndarray, float]:
+            rgb = decode_image(data, max_pixels=settings.max_pixels)
+            start = time.perf_counter()
+            return rgb, predictor(rgb), (time.perf_counter() - start) * 1000
+
+        rgb, mask, elapsed_ms = await runner(decode_and_segment)
         response = await anyio.to_thread.run_sync(lambda: render(mask, rgb, predictor, output, keep, rle, alpha))
         response.headers["X-Inference-Ms"] = f"{elapsed_ms:.1f}"
         return response
@@ -263,7 +300,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        # after a 408 the rest of the body may still come: close rather than read it as the next request
+        headers = {"connection": "close"} if exc.status == 408 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_: Request, exc: ClientGone) -> Response:
+        log.info("%s", exc)  # one line: a client hanging up is not the server's error
+        return Response(status_code=400)  # never delivered; the ASGI app must still answer
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -289,6 +333,7 @@ def serve(settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
     import uvicorn
 
     predictor = load_predictor(settings)
+    print(f"semseg serve: {settings.checkpoint} runs on {predictor.backend}", flush=True)
     if workers == 1:
         uvicorn.run(create_app(predictor, settings), host=host, port=port, log_level=log_level)
         return

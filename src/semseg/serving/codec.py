@@ -7,13 +7,12 @@ file that claims to be 100,000 x 100,000 pixels (a decompression bomb) is refuse
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
-from semseg.inference.predictor import rgb_from_pil
+from semseg.inference.predictor import ImageTooLarge, open_image, rgb_from_pil
 
 
 class ApiError(Exception):
@@ -32,25 +31,18 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     """``(H, W, 3)`` uint8 RGB from encoded image bytes, or an :class:`ApiError` saying why not."""
     if not data:
         raise ApiError(400, "empty_image", "the uploaded image is empty (0 bytes)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own, lower limit
-        try:
-            image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError:
-            raise ApiError(413, "too_many_pixels", f"the image declares more than {2 * Image.MAX_IMAGE_PIXELS:,} "
-                           f"pixels (a decompression bomb?); the server's limit is {max_pixels:,} pixels") from None
-        except (OSError, ValueError):
-            raise ApiError(400, "not_an_image", "the upload is not an image this server can decode "
-                           "(PNG, JPEG, BMP, TIFF, WebP, GIF)") from None  # fmt: skip
-        w, h = image.size
-        if w * h > max_pixels:
-            raise ApiError(413, "too_many_pixels",
-                           f"the image is {w}x{h} = {w * h:,} pixels; the server's limit is {max_pixels:,} "
-                           "pixels (semseg serve --max-pixels); downscale it or cut it into tiles")  # fmt: skip
-        try:
-            return rgb_from_pil(image)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise ApiError(400, "corrupt_image", f"the {image.format} image could not be decoded: {exc}") from None
+    try:
+        image = open_image(io.BytesIO(data), max_pixels=max_pixels)
+    except ImageTooLarge as exc:
+        raise ApiError(413, "too_many_pixels", f"the image is too large: {exc}; the server's limit is {max_pixels:,} "
+                       "pixels (semseg serve --max-pixels); downscale it or cut it into tiles") from None  # fmt: skip
+    except (OSError, ValueError):
+        raise ApiError(400, "not_an_image", "the upload is not an image this server can decode "
+                       "(PNG, JPEG, BMP, TIFF, WebP, GIF)") from None  # fmt: skip
+    try:
+        return rgb_from_pil(image)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ApiError(400, "corrupt_image", f"the {image.format} image could not be decoded: {exc}") from None
 
 
 def png_bytes(picture: Image.Image) -> bytes:
