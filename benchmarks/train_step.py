@@ -25,14 +25,17 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     parser.add_argument("--num-classes", type=int, default=11)
+    parser.add_argument("--channels-last", action="store_true", help="NHWC model and batch (the trainer's default)")
     args = parser.parse_args()
     config = load_config(args.config)
     torch.manual_seed(0)
     model = create_model(config.model.name, num_classes=args.num_classes, **config.model.options)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     net, loss_fn, optimizer = TrainForward(model).train(), build_loss(config, args.num_classes), build_optimizer(config, model)
     h, w = config.data.crop_size or (360, 480)
     n = config.data.batch_size
-    x, y = torch.randn(n, 3, h, w), torch.randint(0, args.num_classes, (n, h, w))
+    x, y = torch.randn(n, 3, h, w).contiguous(memory_format=fmt), torch.randint(0, args.num_classes, (n, h, w))
     for step in range(args.steps + 1):
         if step == 1:
             start = time.perf_counter()
@@ -41,7 +44,8 @@ def main() -> None:
         loss.backward()
         optimizer.step()
     rate = n * args.steps / (time.perf_counter() - start)
-    print(f"{config.model.name} {h}x{w} batch {n}, {torch.get_num_threads()} threads: {rate:.2f} images/s")
+    layout = "channels_last" if args.channels_last else "NCHW"
+    print(f"{config.model.name} {h}x{w} batch {n} {layout}, {torch.get_num_threads()} threads: {rate:.2f} images/s")
 
 
 if __name__ == "__main__":

@@ -54,18 +54,15 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     """Read a file written by :func:`save_training_state`; a damaged or foreign file gets a one-line error."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+    except FileNotFoundError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        text = str(exc).strip()
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
             raise CheckpointError(f"{path} holds Python objects besides tensors and numbers; semseg does not "
                                   "unpickle such files (they can run code). Use a state file written by "
                                   "semseg train") from None  # fmt: skip
-        raise CheckpointError(f"{path} is not a readable training state ({first}); it may be truncated: "
-                              "restore it from a backup or start again with --overwrite") from None  # fmt: skip
-    except (RuntimeError, EOFError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable training state ({first}); it may be truncated: "
                               "restore it from a backup or start again with --overwrite") from None  # fmt: skip
 

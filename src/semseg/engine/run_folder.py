@@ -43,7 +43,10 @@ def prepare(out: Path, *, resume: bool, overwrite: bool) -> None:
                              "--overwrite to replace it, or choose another out: folder")  # fmt: skip
     for name in existing:
         path = out / name.rstrip("/")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     remove_stale_temporaries(out)
 
 
