@@ -25,7 +25,7 @@ def test_every_parameter_gets_a_finite_gradient():
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="valid backbones: none"):
+    with pytest.raises(ValueError, match="backbone must be one of 'none', 'resnet18', 'resnet34', 'resnet50', got 'resnet999'"):
         semseg.create_model("unet", num_classes=2, backbone="resnet999")
     with pytest.raises(ValueError, match="depth >= 1"):
         semseg.create_model("unet", num_classes=2, depth=0)
