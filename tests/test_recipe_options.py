@@ -117,7 +117,7 @@ def test_options_are_checked_before_training(recipe, tmp_path, capsys, override,
 def test_dataset_options_are_checked_against_the_dataset(tmp_path):
     (tmp_path / "train").mkdir()
     config = load_config(None, ["data.dataset=camvid", f"data.root={tmp_path}", "data.options={bogus: 1}"])
-    with pytest.raises(ConfigError, match="unknown option.* options.bogus for dataset 'camvid'; valid options: \\(none\\)"):
+    with pytest.raises(ConfigError, match="unknown option.* options.bogus for dataset 'camvid'; valid options: drives, exclude_drives"):
         build_datasets(config)
 
 
@@ -130,3 +130,20 @@ def test_loss_options_reach_the_loss_and_label_smoothing_is_ce_only():
         build_loss(load_config(None, ["loss.name=focal", "loss.label_smoothing=0.1"]), 3)
     with pytest.raises(ConfigError, match="loss.options.min_kept must be int, got 1.5"):
         build_loss(load_config(None, ["loss.name=ohem", "loss.options={min_kept: 1.5}"]), 3)
+
+
+def test_a_held_out_camvid_drive_validates_on_frames_training_never_sees(tmp_path):
+    from semseg.data import CamVid
+
+    for sub in ("train", "trainannot"):
+        (tmp_path / sub).mkdir()
+    for name in ("0001TP_000.png", "0006R0_000.png", "0006R0_001.png", "0016E5_000.png"):
+        Image.fromarray(np.zeros((36, 48, 3), dtype=np.uint8)).save(tmp_path / "train" / name)
+        Image.fromarray(np.zeros((36, 48), dtype=np.uint8)).save(tmp_path / "trainannot" / name)
+    overrides = ["data.dataset=camvid", f"data.root={tmp_path}", "data.val_split=train",
+                 "data.options={exclude_drives: [0006R0]}", "data.val_options={drives: [0006R0]}"]  # fmt: skip
+    data = build_datasets(load_config(None, overrides))
+    assert [p[0].name for p in data.train.pairs] == ["0001TP_000.png", "0016E5_000.png"]
+    assert [p[0].name for p in data.val.pairs] == ["0006R0_000.png", "0006R0_001.png"]
+    with pytest.raises(ValueError, match="no CamVid train frames left for drives=\\['Seq05VD'\\]"):
+        CamVid(tmp_path, "train", drives=["Seq05VD"])

@@ -46,6 +46,7 @@ class DataConfig:
     val_batch_size: int = 1
     workers: int = 2
     options: dict[str, Any] = field(default_factory=dict)
+    val_options: dict[str, Any] | None = None  # the val split's own dataset options (None: the same as options)
 
 
 @dataclass

@@ -114,9 +114,12 @@ def test_eval_is_deterministic_and_forward_is_forward_train_out(built):
     x = torch.randn(1, 3, 33, 47)
     with torch.no_grad():
         a, b = model(x), model(x)
-        c = model.forward_train(x)["out"]
     assert torch.equal(a, b)
-    torch.testing.assert_close(a, c)
+    # Models that write their own forward (to skip the aux head) must agree with forward_train;
+    # for the others forward *is* forward_train()["out"] and there is nothing to compare.
+    if type(model).forward is not SegmentationModel.forward:
+        with torch.no_grad():
+            torch.testing.assert_close(a, model.forward_train(x)["out"])
 
 
 def test_train_mode_changes_nothing_about_shapes(built):

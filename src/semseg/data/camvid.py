@@ -64,9 +64,15 @@ class CamVid(PairedDataset):
 
     ``root`` holds ``{split}/``, ``{split}annot/`` and optionally ``{split}.txt``; the list
     is used when present (it fixes the order), else images and labels pair by name.
+
+    ``drives`` keeps only the frames of those recordings and ``exclude_drives`` drops them
+    (a file name starts with its drive: ``0001TP``, ``0006R0``, ``0016E5``, ``Seq05VD``).
+    The val split's frames neighbour train's 0016E5 frames, so val flatters; holding a
+    whole training drive out gives a check that does not (``configs/*_heldout_drive.yaml``).
     """
 
-    def __init__(self, root: str | Path, split: str = "train", *, transform: Transform | None = None) -> None:
+    def __init__(self, root: str | Path, split: str = "train", *, transform: Transform | None = None,
+                 drives: list[str] | None = None, exclude_drives: list[str] | None = None) -> None:  # fmt: skip
         root = Path(root)
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -75,6 +81,13 @@ class CamVid(PairedDataset):
             pairs = read_split_list(listing, root)
         else:
             pairs = pair_by_stem(root / split, root / f"{split}annot")
+        if drives is not None:
+            pairs = [p for p in pairs if p[0].name.startswith(tuple(drives))]
+        if exclude_drives is not None:
+            pairs = [p for p in pairs if not p[0].name.startswith(tuple(exclude_drives))]
+        if not pairs:
+            raise ValueError(f"no CamVid {split} frames left for drives={drives} exclude_drives={exclude_drives} "
+                             "(drives are file-name prefixes such as 0001TP, 0006R0, 0016E5)")  # fmt: skip
         value_map = {i: i for i in range(len(CLASSES))} | {VOID: 255, 255: 255}
         decoder = MaskDecoder(len(CLASSES), ignore_index=255, value_map=value_map)
         super().__init__(pairs, decoder, classes=CLASSES, palette=PALETTE, transform=transform)

@@ -70,7 +70,8 @@ def build_datasets(config: TrainConfig) -> DatasetBundle:
         return _shapes(data.options)
     try:
         train = open_dataset(data.dataset, data.train_split, root=data.root, options=data.options)
-        val = open_dataset(data.dataset, data.val_split, root=data.root, options=data.options)
+        val_options = data.options if data.val_options is None else data.val_options
+        val = open_dataset(data.dataset, data.val_split, root=data.root, options=val_options)
     except ConfigError as exc:
         raise ConfigError(f"data: {exc}") from None
     if data.crop_size is not None:
