@@ -156,3 +156,15 @@ def test_checkpoint_does_not_depend_on_the_backbone_weights_file(tmp_path):
     Image.new("RGB", (64, 64), (90, 20, 200)).save(image)
     assert main(["predict", str(path), str(image), "--out", str(tmp_path / "pred"), "--backend", "torch"]) == 0
     assert main(["export", str(path), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+
+
+def test_a_checkpoint_without_what_prediction_needs_is_named(tmp_path, capsys):
+    model = semseg.create_model("unet", num_classes=2, base_channels=4, depth=1)
+    path = save_weights(model, tmp_path / "bare.safetensors", classes=["a", "b"])
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(image)
+    assert main(["predict", str(path), str(image), "--out", str(tmp_path / "o"), "--backend", "torch"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "lacks what prediction needs in its metadata (palette, mean, std)" in err and err.count("\n") == 0

@@ -26,8 +26,12 @@ MODELS = semseg.list_models()
 # Biases whose gradient is exactly zero by design: DDRNet's last bottleneck feeds only
 # DAPPM, whose every branch starts with BatchNorm, and a per-channel constant added right
 # before a training-mode BatchNorm is subtracted out again (the authors' layout).
+# BiSeNet V2's Context Embedding block (the reference layout) normalises the pooled map
+# with a BN whose bias then goes through a bias-free 1x1 conv into another BN: likewise
+# a per-channel constant, removed again.
 ZERO_GRAD_BY_DESIGN = {
-    name: {"layer5.0.bn3.bias", "layer5.0.downsample.1.bias"} for name in ("ddrnet_23", "ddrnet_23_slim")
+    **{name: {"layer5.0.bn3.bias", "layer5.0.downsample.1.bias"} for name in ("ddrnet_23", "ddrnet_23_slim")},
+    "bisenetv2": {"semantic.ce.bn.bias"},
 }
 
 

@@ -51,6 +51,9 @@ PAPER_APPROX = [
     # Hong et al. (DDRNet), Table 4 (Cityscapes, 19 classes).
     ("ddrnet_23_slim", {"num_classes": 19}, 5.7e6),
     ("ddrnet_23", {"num_classes": 19}, 20.1e6),
+    # Yu et al. (BiSeNet V2), 19 classes: 3.4M is the inference model, without the booster
+    # head (3,358,627 here); the stage-5 booster adds 1,201,171 for training only.
+    ("bisenetv2", {"num_classes": 19, "aux": False}, 3.4e6),
 ]
 
 
@@ -74,3 +77,9 @@ def test_pspnet_resnet50_head_size():
     head = 4 * (2048 * 512 + 1024) + 4096 * 512 * 9 + 1024 + 512 * 21 + 21
     resnet50_trunk = 23_508_032
     assert params("pspnet", num_classes=21, aux=False) == resnet50_trunk + head
+
+
+def test_bisenetv2_booster_head_is_the_only_difference():
+    # SegmentHead(128, 1024, 19): 3x3 conv 128 -> 1024 + BN, classifier 1024*19 + 19.
+    booster = 128 * 1024 * 9 + 2 * 1024 + 1024 * 19 + 19
+    assert params("bisenetv2", num_classes=19) - params("bisenetv2", num_classes=19, aux=False) == booster

@@ -116,6 +116,10 @@ def load_backend(path: str | Path, backend: str = "auto", device: str | torch.de
             return OpenVinoModel(cached_openvino(path), metadata=meta)
         return OpenVinoModel(path)
     module, meta = load_model(path)
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks what prediction needs in its metadata ({', '.join(missing)}); semseg train "
+                         "writes them, or pass them to save_weights (classes=, palette=, mean=, std=)")  # fmt: skip
     return TorchModel(module, meta, channels_last=engine == "torch-channels-last")
 
 
