@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from semseg.layers import resize_to
+from semseg.layers import ConvBNAct, resize_to
 from semseg.models.base import SegmentationModel
 from semseg.registry import register_model
 
@@ -43,17 +43,6 @@ from semseg.registry import register_model
 BISENETV2_AUX_WEIGHT = 1.0
 # GE layers expand their input channels six-fold (the paper's ablation picks 6).
 EXPANSION = 6
-
-
-class ConvBNReLU(nn.Sequential):
-    """``kernel_size`` conv (no bias, 'same' padding) -> BN -> ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
 
 
 def _dwconv_bn(channels: int, out_channels: int | None = None, stride: int = 1) -> list[nn.Module]:
@@ -68,9 +57,9 @@ class DetailBranch(nn.Sequential):
 
     def __init__(self) -> None:
         super().__init__(
-            ConvBNReLU(3, 64, stride=2), ConvBNReLU(64, 64),
-            ConvBNReLU(64, 64, stride=2), ConvBNReLU(64, 64), ConvBNReLU(64, 64),
-            ConvBNReLU(64, 128, stride=2), ConvBNReLU(128, 128), ConvBNReLU(128, 128),
+            ConvBNAct(3, 64, stride=2), ConvBNAct(64, 64),
+            ConvBNAct(64, 64, stride=2), ConvBNAct(64, 64), ConvBNAct(64, 64),
+            ConvBNAct(64, 128, stride=2), ConvBNAct(128, 128), ConvBNAct(128, 128),
         )  # fmt: skip
 
 
@@ -82,11 +71,11 @@ class StemBlock(nn.Module):
 
     def __init__(self, out_channels: int = 16) -> None:
         super().__init__()
-        self.conv = ConvBNReLU(3, out_channels, stride=2)
-        self.left = nn.Sequential(ConvBNReLU(out_channels, out_channels // 2, 1),
-                                  ConvBNReLU(out_channels // 2, out_channels, stride=2))  # fmt: skip
+        self.conv = ConvBNAct(3, out_channels, stride=2)
+        self.left = nn.Sequential(ConvBNAct(out_channels, out_channels // 2, 1),
+                                  ConvBNAct(out_channels // 2, out_channels, stride=2))  # fmt: skip
         self.right = nn.MaxPool2d(3, stride=2, padding=1)
-        self.fuse = ConvBNReLU(out_channels * 2, out_channels)
+        self.fuse = ConvBNAct(out_channels * 2, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv(x)
@@ -104,7 +93,7 @@ class GELayer(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         super().__init__()
         mid = in_channels * EXPANSION
-        self.conv1 = ConvBNReLU(in_channels, in_channels)
+        self.conv1 = ConvBNAct(in_channels, in_channels)
         if stride == 1:
             self.dwconv = nn.Sequential(*_dwconv_bn(in_channels, mid), nn.ReLU(inplace=True))
             self.shortcut = nn.Identity()
@@ -128,8 +117,8 @@ class ContextEmbedding(nn.Module):
     def __init__(self, channels: int = 128) -> None:
         super().__init__()
         self.bn = nn.BatchNorm2d(channels)
-        self.conv_gap = ConvBNReLU(channels, channels, 1)
-        self.conv_last = ConvBNReLU(channels, channels)
+        self.conv_gap = ConvBNAct(channels, channels, 1)
+        self.conv_last = ConvBNAct(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         context = self.conv_gap(self.bn(x.mean(dim=(2, 3), keepdim=True)))
@@ -173,7 +162,7 @@ class BilateralGuidedAggregation(nn.Module):
         self.semantic_up = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, bias=False),
                                          nn.BatchNorm2d(channels))  # fmt: skip
         self.semantic_keep = nn.Sequential(*_dwconv_bn(channels), nn.Conv2d(channels, channels, 1, bias=False))
-        self.conv = ConvBNReLU(channels, channels)
+        self.conv = ConvBNAct(channels, channels)
 
     def forward(self, detail: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
         high = self.detail_keep(detail) * torch.sigmoid(resize_to(self.semantic_up(semantic), detail))
@@ -185,7 +174,7 @@ class SegmentHead(nn.Sequential):
     """The paper's segmentation head (Fig. 6): 3x3 conv-BN-ReLU to ``hidden`` channels, dropout, 1x1 classifier."""
 
     def __init__(self, in_channels: int, hidden: int, num_classes: int, dropout: float = 0.1) -> None:
-        super().__init__(ConvBNReLU(in_channels, hidden), nn.Dropout(dropout), nn.Conv2d(hidden, num_classes, 1))
+        super().__init__(ConvBNAct(in_channels, hidden), nn.Dropout(dropout), nn.Conv2d(hidden, num_classes, 1))
 
 
 class BiSeNetV2(SegmentationModel):
