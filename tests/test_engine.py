@@ -155,3 +155,19 @@ def test_a_few_non_finite_batches_are_skipped_and_counted(tiny_shapes):
 
     stats = train_one_epoch(model, batches(tiny_shapes), optimizer, sometimes_nan, progress=False)
     assert stats["skipped"] == 1 and stats["loss"] > 0
+
+
+def test_one_scorer_for_batches_and_single_images():
+    from semseg.engine.evaluate import score_predictions
+
+    gen = torch.Generator().manual_seed(1)
+    pred, truth = torch.randint(0, 3, (4, 5, 6), generator=gen), torch.randint(0, 3, (4, 5, 6), generator=gen)
+    truth[1] = 255  # an image with nothing labelled scores NaN, and counts nowhere
+    batched, batch_scores = score_predictions([(pred[:2], truth[:2]), (pred[2:], truth[2:])], num_classes=3)
+    single, single_scores = score_predictions(zip(pred, truth), num_classes=3)
+    assert torch.equal(batched, single) and batched.sum() == 3 * 5 * 6
+    assert batch_scores == pytest.approx(single_scores, nan_ok=True) and len(single_scores) == 4
+    p, t = pred[0].numpy(), truth[0].numpy()
+    ious = [((p == c) & (t == c)).sum() / ((p == c) | (t == c)).sum() for c in range(3)]
+    assert single_scores[0] == pytest.approx(sum(ious) / 3)
+    assert single_scores[1] != single_scores[1]  # NaN

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from semseg.progress import progress_bar
 
 from semseg.engine import distributed
+from semseg.progress import progress_bar
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from semseg.progress import progress_bar
 
 from semseg.engine.datasets import open_dataset
+from semseg.engine.evaluate import score_predictions
 from semseg.inference.predictor import Predictor
-from semseg.metrics import ConfusionMatrix, metrics_from_confusion
+from semseg.metrics import metrics_from_confusion
+from semseg.progress import progress_bar
 from semseg.visualize import side_by_side
 
 WORST = 6  # images in the gallery of worst-scoring ones
@@ -48,18 +49,13 @@ def evaluate_checkpoint(
         raise ValueError(f"{checkpoint} predicts {len(predictor.classes)} classes {predictor.classes[:5]}... but "
                          f"{dataset} has {len(data.classes)} {list(data.classes)[:5]}...; "
                          "evaluate on the dataset it was trained for")  # fmt: skip
-    total = ConfusionMatrix(len(data.classes), ignore_index=data.ignore_index)
-    scores = []
-    for i in progress_bar(range(len(data)), desc="evaluate", enabled=progress):
-        _, mask = data.raw(i)
-        pred = torch.from_numpy(predictor(data.raw(i)[0]).astype(np.int64))
-        one = ConfusionMatrix(len(data.classes), ignore_index=data.ignore_index)
-        one.update(pred, torch.from_numpy(mask))
-        total.mat += one.mat
-        scores.append((metrics_from_confusion(one.mat)["mIoU"], i))
-    metrics = metrics_from_confusion(total.mat, data.classes)
+    pairs = ((torch.from_numpy(predictor(image).astype(np.int64)), torch.from_numpy(mask))
+             for image, mask in (data.raw(i) for i in progress_bar(range(len(data)), desc="evaluate", enabled=progress)))
+    mat, per_image = score_predictions(pairs, num_classes=len(data.classes), ignore_index=data.ignore_index)
+    metrics = metrics_from_confusion(mat, data.classes)
+    scores = [(score, i) for i, score in enumerate(per_image)]
     if out is not None:
-        _write_report(Path(out), metrics, total.mat, data, predictor, scores,
+        _write_report(Path(out), metrics, mat, data, predictor, scores,
                       {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "images": len(data),
                        "backend": predictor.backend, "tile": tile, "flip": flip, "scales": list(scales)})  # fmt: skip
     return metrics

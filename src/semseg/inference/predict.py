@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from semseg.progress import progress_bar
 
 from semseg.data.base import IMAGE_SUFFIXES
 from semseg.inference.pipeline import run_pipeline
 from semseg.inference.predictor import ImageTooLarge, Predictor, to_rgb_array
+from semseg.progress import progress_bar
 from semseg.visualize import cutout, overlay, palette_image
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
