@@ -45,6 +45,22 @@ class ConvBNAct(nn.Sequential):
         super().__init__(*layers)
 
 
+def he_init_(module: nn.Module, *, zero_conv_bias: bool) -> None:
+    """torchvision's initialisation: He normal (fan_out) for convs, BatchNorm to identity.
+
+    ``zero_conv_bias`` also zeroes conv biases (torchvision's MobileNet does; its ResNet has
+    none to zero, and DDRNet's authors leave PyTorch's default on theirs).
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if zero_conv_bias and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 def resize_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Bilinearly resize ``x`` to the spatial size of ``ref`` (align_corners=False).
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semseg.backbones.base import Backbone, FeatureInfo
-from semseg.layers import ConvBNAct
+from semseg.layers import ConvBNAct, he_init_
 
 # torchvision builds its BatchNorms with eps 1e-3 (TensorFlow's default, which the
 # reference training used), and its weights must run with it; timm's mobilenetv3_large_100
@@ -156,14 +156,7 @@ class MobileNetV3(Backbone):
 
     def _init_weights(self) -> None:
         # torchvision's initialisation, so an unloaded backbone trains like theirs.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init_(self, zero_conv_bias=True)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}

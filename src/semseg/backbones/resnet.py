@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from semseg.backbones.base import Backbone, FeatureInfo
+from semseg.layers import he_init_
 
 # For each output stride, whether layer2..layer4 replace their stride by dilation.
 _DILATE_STAGES: dict[int, tuple[bool, bool, bool]] = {
@@ -183,12 +184,7 @@ class ResNet(Backbone):
 
     def _init_weights(self) -> None:
         # torchvision's initialisation, so an unloaded backbone trains like theirs.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init_(self, zero_conv_bias=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         stem = self.relu(self.bn1(self.conv1(x)))

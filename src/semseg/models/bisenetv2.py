@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from semseg.layers import ConvBNAct, resize_to
+from semseg.layers import ConvBNAct, he_init_, resize_to
 from semseg.models.base import SegmentationModel
 from semseg.registry import register_model
 
@@ -194,14 +194,7 @@ class BiSeNetV2(SegmentationModel):
         # He (fan_out) for convs, BN to identity, as CoinCheung's code. Unlike it we do not
         # zero-init the GE layers' last BN scale: that starts every GE block as the identity,
         # but leaves its 1x1 projection without gradient on the first step.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init_(self, zero_conv_bias=True)
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         semantic, stage5 = self.semantic(x)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from semseg.layers import resize_to
+from semseg.layers import he_init_, resize_to
 from semseg.models.base import SegmentationModel
 from semseg.registry import register_model
 
@@ -190,12 +190,7 @@ class DDRNet(SegmentationModel):
 
     def _init_weights(self) -> None:
         # The authors' initialisation: He (fan_out) for convs, BN to identity.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init_(self, zero_conv_bias=False)
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The fused 1/8 map the head classifies, and the high branch after stage 3 (the aux head's input)."""
