@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from semseg.data import CamVid, FolderDataset
+from semseg.data import (
+    ADE20K,
+    CamVid,
+    Cityscapes,
+    FolderDataset,
+    PairedDataset,
+    VOCSegmentation,
+    check,
+    load_description,
+)
 from semseg.data.check import check_dataset, check_path, enet_weights, median_frequency_weights, run_check_command
 
 REAL_CAMVID = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "camvid"
@@ -153,3 +163,79 @@ def test_named_datasets_list_every_missing_file(tmp_path, save, rgb):
         ("aachen_2_gtFine_labelIds.png", "mask has no leftImg8bit image"),
     ]
     assert report.class_pixels("val")[0] == 4  # labelId 7 is train id 0, road
+
+
+def _camvid(root: Path, save, rgb) -> dict[str, Callable[[], PairedDataset]]:
+    """train from a list in non-sorted order, val and test from folders."""
+    for split in ("train", "val", "test"):
+        for name in ("b", "a"):
+            save(root / split / f"{name}.png", rgb(2, 2))
+            save(root / f"{split}annot" / f"{name}.png", GOOD[:2, :2])
+    lines = ["/SegNet/CamVid/train/b.png /SegNet/CamVid/trainannot/b.png", "", "train/a.png trainannot/a.png"]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return {s: lambda s=s: CamVid(root, s) for s in ("train", "val", "test")}
+
+
+def _voc(root: Path, save, rgb) -> dict[str, Callable[[], PairedDataset]]:
+    voc = root / "VOCdevkit" / "VOC2012"
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    for split, ids in (("train", ("2007_2", "2007_1")), ("val", ("2008_2", "2008_1"))):
+        for i in ids:
+            save(voc / "JPEGImages" / f"{i}.jpg", rgb(2, 2))
+            save(voc / "SegmentationClass" / f"{i}.png", GOOD[:2, :2])
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return {s: lambda s=s: VOCSegmentation(root, s) for s in ("train", "val")}
+
+
+def _cityscapes(root: Path, save, rgb) -> dict[str, Callable[[], PairedDataset]]:
+    for split, cities in (("train", ("zurich", "aachen")), ("val", ("lindau",))):
+        for city in cities:
+            for frame in ("000001_000019", "000000_000019"):
+                save(root / "leftImg8bit" / split / city / f"{city}_{frame}_leftImg8bit.png", rgb(2, 2))
+                save(root / "gtFine" / split / city / f"{city}_{frame}_gtFine_labelIds.png", GOOD[:2, :2])
+    return {s: lambda s=s: Cityscapes(root, s) for s in ("train", "val")}
+
+
+def _ade20k(root: Path, save, rgb) -> dict[str, Callable[[], PairedDataset]]:
+    ade = root / "ADEChallengeData2016"
+    for folder in ("training", "validation"):
+        for name in ("ADE_2", "ADE_1"):
+            save(ade / "images" / folder / f"{name}.jpg", rgb(2, 2))
+            save(ade / "annotations" / folder / f"{name}.png", GOOD[:2, :2])
+    return {s: lambda s=s: ADE20K(root, s) for s in ("train", "val")}
+
+
+def _folder(root: Path, save, rgb) -> dict[str, Callable[[], PairedDataset]]:
+    for name in ("b", "a.x"):
+        save(root / "images" / f"{name}.jpg", rgb(2, 2))
+        save(root / "masks" / f"{name}.png", GOOD[:2, :2])
+    return {"all": lambda: FolderDataset(root, classes=3)}
+
+
+def _description(root: Path, save, rgb) -> dict[str, Callable[[], PairedDataset]]:
+    for split in ("train", "val"):
+        for stem in ("b", "a"):
+            save(root / split / "images" / f"{stem}.png", rgb(2, 2))
+            save(root / split / "masks" / f"{stem}_mask.png", GOOD[:2, :2])
+    (root / "d.yaml").write_text(DESCRIPTION + "  val: {images: val/images, masks: val/masks}\nmask_suffix: _mask\n")
+    desc = load_description(root / "d.yaml")
+    return {s: lambda s=s: desc.dataset(s) for s in ("train", "val")}
+
+
+LAYOUTS = {"camvid": _camvid, "voc": _voc, "cityscapes": _cityscapes, "ade20k": _ade20k, "folder": _folder}
+
+
+@pytest.mark.parametrize("name", [*LAYOUTS, "description"])
+def test_checker_reads_the_pairs_the_dataset_reads(name, tmp_path, save, rgb, monkeypatch):
+    """What ``semseg data check`` reads for each split is exactly what the dataset class reads."""
+    if name == "description":
+        datasets, target, root = _description(tmp_path, save, rgb), str(tmp_path / "d.yaml"), None
+    else:
+        datasets, target, root = LAYOUTS[name](tmp_path, save, rgb), name, tmp_path
+    read: dict = {}
+    monkeypatch.setattr(check, "check_dataset", lambda splits, **_: read.update(splits))
+    check.check_path(target, root)
+    assert sorted(read) == sorted(datasets)
+    for split, dataset in datasets.items():
+        assert read[split].pairs == dataset().pairs, split
+        assert len(read[split].pairs) >= 2 and not read[split].problems

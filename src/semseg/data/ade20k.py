@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from semseg.data.base import MaskDecoder, PairedDataset, Transform, default_palette
-from semseg.data.folder import pair_by_stem
+from semseg.data.base import MaskDecoder, PairedDataset, SplitFiles, Transform, default_palette
+from semseg.data.folder import scan_folder_pairs
 
 # Short names from the benchmark's objectInfo150 (first synonym of each class).
 CLASSES = (
@@ -34,6 +34,29 @@ PALETTE = default_palette(len(CLASSES))
 _SPLITS = {"train": "training", "val": "validation"}
 
 
+def decoder() -> MaskDecoder:
+    """ADE20K's masks: stored value ``v`` to class ``v - 1``, 0 ("other") to ``ignore_index`` 255."""
+    value_map = {0: 255} | {v: v - 1 for v in range(1, len(CLASSES) + 1)}
+    return MaskDecoder(len(CLASSES), ignore_index=255, value_map=value_map)
+
+
+def _benchmark_root(root: Path) -> Path:
+    """``ADEChallengeData2016/`` itself, given it or the folder holding it."""
+    return root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
+
+
+def scan_split(root: Path, split: str) -> SplitFiles:
+    """``split``'s (``train`` or ``val``) pairs and problems, without raising: images and annotations paired by name."""
+    root, folder = _benchmark_root(root), _SPLITS[split]
+    return scan_folder_pairs(root / "images" / folder, root / "annotations" / folder, decoder=decoder())
+
+
+def scan_splits(root: Path) -> dict[str, SplitFiles]:
+    """train and val, where their image folders exist."""
+    images = _benchmark_root(root) / "images"
+    return {s: scan_split(root, s) for s, folder in _SPLITS.items() if (images / folder).is_dir()}
+
+
 class ADE20K(PairedDataset):
     """``ADEChallengeData2016/images/{training,validation}/*.jpg`` with ``annotations/.../*.png``.
 
@@ -44,10 +67,5 @@ class ADE20K(PairedDataset):
     def __init__(self, root: str | Path, split: str = "train", *, transform: Transform | None = None) -> None:
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
-        root = Path(root)
-        if (root / "ADEChallengeData2016").is_dir():
-            root = root / "ADEChallengeData2016"
-        pairs = pair_by_stem(root / "images" / _SPLITS[split], root / "annotations" / _SPLITS[split])
-        value_map = {0: 255} | {v: v - 1 for v in range(1, len(CLASSES) + 1)}
-        decoder = MaskDecoder(len(CLASSES), ignore_index=255, value_map=value_map)
-        super().__init__(pairs, decoder, classes=CLASSES, palette=PALETTE, transform=transform)
+        pairs = scan_split(Path(root), split).checked_pairs()
+        super().__init__(pairs, decoder(), classes=CLASSES, palette=PALETTE, transform=transform)

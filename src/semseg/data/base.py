@@ -2,13 +2,16 @@
 
 Every file-backed dataset here is a list of ``(image_path, mask_path)`` pairs plus a
 :class:`MaskDecoder` that turns the stored mask values (palette indices, label ids,
-RGB colours) into class indices. The per-dataset modules only build those two things.
+RGB colours) into class indices. The per-dataset modules only build those two things:
+``scan_split`` finds a split's pairs as a :class:`SplitFiles` (which ``semseg data check``
+reads too) and ``decoder`` gives the decoder.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -305,8 +308,45 @@ def _read_or_fail(read: Callable[..., np.ndarray], path: Path, what: str, **kwar
                         "(`semseg data check` lists every such file)") from None  # fmt: skip
 
 
-def check_files_exist(pairs: Sequence[tuple[Path, Path]], listing: Path) -> None:
-    """Raise naming the missing files when pairs read from ``listing`` point at nothing."""
-    missing = [str(p) for pair in pairs for p in pair if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} files listed in {listing} do not exist: {list_some(missing)}")
+@dataclass
+class SplitFiles:
+    """One split as found on disk: its pairs, and everything already wrong with it.
+
+    A dataset module's ``scan_split`` fills this without raising, so one description of
+    each layout serves both sides: ``semseg data check`` reports every ``(file, message)``
+    in ``problems``, and the dataset constructor raises ``error`` -- the first fault, as
+    one summary line -- through :meth:`checked_pairs`. ``images``/``masks`` count the
+    files found; ``pairs`` are those with both halves present.
+    """
+
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    decoder: MaskDecoder | None = None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    images: int = 0
+    masks: int = 0
+    error: Exception | None = None
+
+    def fail(self, error: Exception, *problems: tuple[str, str]) -> None:
+        """Record ``problems``; ``error`` is what a constructor raises unless an earlier fault already set one."""
+        self.problems.extend(problems)
+        if self.error is None:
+            self.error = error
+
+    def add_listed(self, pairs: Sequence[tuple[Path, Path]], listing: Path) -> None:
+        """Take the pairs that ``listing`` names: those whose files exist, and a problem for each file that does not."""
+        exists = {p: p.is_file() for pair in pairs for p in pair}
+        missing = [p for pair in pairs for p in pair if not exists[p]]
+        if missing:
+            self.fail(
+                FileNotFoundError(f"{len(missing)} files listed in {listing} do not exist: {list_some(missing)}"),
+                *[(str(p), f"listed in {listing} but missing") for p in missing],
+            )
+        self.pairs += [(i, m) for i, m in pairs if exists[i] and exists[m]]
+        self.images += sum(exists[i] for i, _ in pairs)
+        self.masks += sum(exists[m] for _, m in pairs)
+
+    def checked_pairs(self) -> list[tuple[Path, Path]]:
+        """The pairs, or :attr:`error` raised when anything stops the split from being used."""
+        if self.error is not None:
+            raise self.error
+        return self.pairs

@@ -27,27 +27,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from semseg.data import ade20k, camvid, cityscapes, voc
+from semseg.data import ade20k, camvid, cityscapes, folder, voc
 from semseg.data.base import MaskDecoder, list_some, read_mask
 from semseg.data.description import load_description
-from semseg.data.folder import scan_by_stem
 
 DATASET_NAMES = ("camvid", "voc", "cityscapes", "ade20k", "folder")
 _ERRORS_SHOWN = 50
-
-
-@dataclass
-class SplitFiles:
-    """One split as found on disk, with what is already wrong with it (missing partners, bad lists).
-
-    ``images``/``masks`` count the files found; pairs are those with both halves present.
-    """
-
-    pairs: list[tuple[Path, Path]]
-    decoder: MaskDecoder | None
-    problems: list[tuple[str, str]] = field(default_factory=list)
-    images: int = 0
-    masks: int = 0
 
 
 @dataclass
@@ -224,8 +209,8 @@ def check_dataset(
 
     A dataset is anything with ``pairs`` (``(image_path, mask_path)``) and optionally
     ``decoder`` (a :class:`MaskDecoder`; without one, stored values are class indices)
-    and ``problems`` (``(file, message)`` found before reading, e.g. by
-    :func:`scan_folder_pairs`): a :class:`PairedDataset` or a :class:`SplitFiles`.
+    and ``problems`` (``(file, message)`` found before reading, e.g. by a dataset
+    module's ``scan_split``): a :class:`PairedDataset` or a :class:`SplitFiles`.
     Classes and ``ignore_index`` default to the first dataset's; when it has none, the
     classes are inferred from the largest label seen.
     """
@@ -332,125 +317,8 @@ def _decode(value: Any, decoder: MaskDecoder | None) -> int | None:
     return table.get(value)
 
 
-def scan_folder_pairs(images_dir: Path, masks_dir: Path, *, mask_suffix: str = "") -> SplitFiles:
-    """Pair two folders by file stem like :func:`pair_by_stem`, recording every unmatched file instead of raising."""
-    problems: list[tuple[str, str]] = []
-    images = _files_by_stem(Path(images_dir), "", problems)
-    masks = _files_by_stem(Path(masks_dir), mask_suffix, problems)
-    for stem in sorted(set(images) - set(masks)):
-        problems.append((str(images[stem]), f"image has no mask {stem}{mask_suffix}.* in {masks_dir}"))
-    for stem in sorted(set(masks) - set(images)):
-        problems.append((str(masks[stem]), f"mask has no image {stem}.* in {images_dir}"))
-    pairs = [(images[s], masks[s]) for s in sorted(set(images) & set(masks))]
-    return SplitFiles(pairs, None, problems, images=len(images), masks=len(masks))
-
-
-def _files_by_stem(folder: Path, strip: str, problems: list[tuple[str, str]]) -> dict[str, Path]:
-    if not folder.is_dir():
-        problems.append((str(folder), "folder does not exist"))
-        return {}
-    found, clashes = scan_by_stem(folder, strip)
-    problems.extend((str(p), f"same name as {earlier.name}, so pairing is ambiguous; keep one") for p, earlier in clashes)
-    return found
-
-
-def _listed_pairs(pairs: list[tuple[Path, Path]], listing: Path, decoder: MaskDecoder) -> SplitFiles:
-    """A split given by a list file: pairs whose files exist, and a problem for each that does not."""
-    problems = [(str(p), f"listed in {listing} but missing") for pair in pairs for p in pair if not p.is_file()]
-    kept = [(i, m) for i, m in pairs if i.is_file() and m.is_file()]
-    return SplitFiles(
-        kept, decoder, problems, images=sum(i.is_file() for i, _ in pairs), masks=sum(m.is_file() for _, m in pairs)
-    )
-
-
-def _camvid_splits(root: Path) -> dict[str, SplitFiles]:
-    decoder = MaskDecoder(
-        len(camvid.CLASSES),
-        ignore_index=255,
-        value_map={i: i for i in range(len(camvid.CLASSES))} | {camvid.VOID: 255, 255: 255},
-    )
-    splits = {}
-    for split in ("train", "val", "test"):
-        listing = root / f"{split}.txt"
-        if listing.is_file():
-            problems, pairs = [], []
-            for n, line in enumerate(listing.read_text().splitlines(), 1):
-                parts = line.split()
-                if len(parts) == 2:
-                    pairs.append((camvid._resolve(parts[0], root), camvid._resolve(parts[1], root)))
-                elif parts:
-                    problems.append((f"{listing}:{n}", f"expected 'image_path label_path', got {line!r}"))
-            splits[split] = _listed_pairs(pairs, listing, decoder)
-            splits[split].problems[:0] = problems
-        elif (root / split).is_dir():
-            splits[split] = scan_folder_pairs(root / split, root / f"{split}annot")
-            splits[split].decoder = decoder
-    return splits
-
-
-def _voc_splits(root: Path) -> dict[str, SplitFiles]:
-    base = voc._voc_root(root)
-    decoder = MaskDecoder(len(voc.CLASSES), ignore_index=255)
-    splits = {}
-    for split in ("train", "val"):
-        listing = base / "ImageSets" / "Segmentation" / f"{split}.txt"
-        if listing.is_file():
-            ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-            pairs = [(base / "JPEGImages" / f"{i}.jpg", base / "SegmentationClass" / f"{i}.png") for i in ids]
-            splits[split] = _listed_pairs(pairs, listing, decoder)
-    return splits
-
-
-def _cityscapes_splits(root: Path) -> dict[str, SplitFiles]:
-    value_map = {i: cityscapes.LABEL_TO_TRAIN.get(i, 255) for i in range(cityscapes.NUM_LABEL_IDS)}
-    decoder = MaskDecoder(len(cityscapes.CLASSES), ignore_index=255, value_map=value_map)
-    splits = {}
-    for split in ("train", "val"):
-        images = sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
-        masks = sorted((root / "gtFine" / split).glob("*/*_gtFine_labelIds.png"))
-        if not images and not masks:
-            continue
-        image_of = {
-            m: root / "leftImg8bit" / split / m.parent.name / m.name.replace("_gtFine_labelIds", "_leftImg8bit")
-            for m in masks
-        }
-        mask_of = {
-            i: root / "gtFine" / split / i.parent.name / i.name.replace("_leftImg8bit", "_gtFine_labelIds")
-            for i in images
-        }
-        problems = [(str(i), "image has no gtFine labelIds mask") for i, m in mask_of.items() if not m.is_file()]
-        problems += [(str(m), "mask has no leftImg8bit image") for m, i in image_of.items() if not i.is_file()]
-        pairs = [(i, m) for i, m in mask_of.items() if m.is_file()]
-        splits[split] = SplitFiles(pairs, decoder, problems, images=len(images), masks=len(masks))
-    return splits
-
-
-def _ade20k_splits(root: Path) -> dict[str, SplitFiles]:
-    if (root / "ADEChallengeData2016").is_dir():
-        root = root / "ADEChallengeData2016"
-    value_map = {0: 255} | {v: v - 1 for v in range(1, len(ade20k.CLASSES) + 1)}
-    decoder = MaskDecoder(len(ade20k.CLASSES), ignore_index=255, value_map=value_map)
-    splits = {}
-    for split, folder in (("train", "training"), ("val", "validation")):
-        if (root / "images" / folder).is_dir():
-            splits[split] = scan_folder_pairs(root / "images" / folder, root / "annotations" / folder)
-            splits[split].decoder = decoder
-    return splits
-
-
-def _folder_splits(root: Path) -> dict[str, SplitFiles]:
-    """``root/images`` + ``root/masks`` as split "all", or each ``root/<split>/{images,masks}``."""
-    if (root / "images").is_dir():
-        return {"all": scan_folder_pairs(root / "images", root / "masks")}
-    return {
-        d.name: scan_folder_pairs(d / "images", d / "masks")
-        for d in sorted(root.iterdir())
-        if (d / "images").is_dir() or (d / "masks").is_dir()
-    }
-
-
-_SCANNERS = {"camvid": _camvid_splits, "voc": _voc_splits, "cityscapes": _cityscapes_splits, "ade20k": _ade20k_splits}
-_CLASSES = {"camvid": camvid.CLASSES, "voc": voc.CLASSES, "cityscapes": cityscapes.CLASSES, "ade20k": ade20k.CLASSES}
+# Each module holds its dataset's layout (scan_splits) and classes, which its dataset class uses too.
+_LAYOUTS = {"camvid": camvid, "voc": voc, "cityscapes": cityscapes, "ade20k": ade20k}
 
 
 def check_path(path_or_name: str | Path, root: str | Path | None = None) -> CheckReport:
@@ -463,12 +331,11 @@ def check_path(path_or_name: str | Path, root: str | Path | None = None) -> Chec
     target = str(path_or_name)
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         desc = load_description(target)
-        splits = {}
-        for name, folders in desc.splits.items():
-            splits[name] = scan_folder_pairs(folders.images, folders.masks, mask_suffix=desc.mask_suffix)
-            splits[name].decoder = desc.decoder()
         return check_dataset(
-            splits, num_classes=desc.num_classes, ignore_index=desc.ignore_index, class_names=desc.classes
+            {name: desc.scan_split(name) for name in desc.splits},
+            num_classes=desc.num_classes,
+            ignore_index=desc.ignore_index,
+            class_names=desc.classes,
         )
     name = target.lower()
     if name not in DATASET_NAMES:
@@ -479,14 +346,14 @@ def check_path(path_or_name: str | Path, root: str | Path | None = None) -> Chec
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {root} is not a directory")
     if name == "folder":
-        splits = _folder_splits(root)
+        splits = folder.scan_splits(root)
         if not splits:
             raise FileNotFoundError(f"{root} holds neither images/ and masks/ nor split folders holding them")
         return check_dataset(splits, ignore_index=255)
-    splits = _SCANNERS[name](root)
+    splits = _LAYOUTS[name].scan_splits(root)
     if not splits:
         raise FileNotFoundError(f"found no {name} splits under {root}")
-    return check_dataset(splits, class_names=_CLASSES[name], ignore_index=255)
+    return check_dataset(splits, class_names=_LAYOUTS[name].CLASSES, ignore_index=255)
 
 
 def run_check_command(target: str, *, root: str | None, out: str | None) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from semseg.data.base import MaskDecoder, PairedDataset, Transform, list_some
+from semseg.data.base import MaskDecoder, PairedDataset, SplitFiles, Transform, list_some
 
 CLASSES = (
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
@@ -25,6 +25,46 @@ LABEL_TO_TRAIN = {
     23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }  # fmt: skip
 NUM_LABEL_IDS = 34  # labelIds PNGs hold 0..33
+_IMAGE, _MASK = "_leftImg8bit.png", "_gtFine_labelIds.png"  # a frame's two files: <city>_<seq>_<frame><suffix>
+
+
+def decoder() -> MaskDecoder:
+    """Cityscapes' labelIds masks: each label id to its train id, every other id to ``ignore_index`` 255."""
+    value_map = {i: LABEL_TO_TRAIN.get(i, 255) for i in range(NUM_LABEL_IDS)}
+    return MaskDecoder(len(CLASSES), ignore_index=255, value_map=value_map)
+
+
+def scan_split(root: Path, split: str) -> SplitFiles:
+    """``split``'s pairs and problems, without raising: each ``leftImg8bit`` image with its ``gtFine`` mask.
+
+    A mask without an image is reported but does not stop the dataset, which starts from the images.
+    """
+    image_dir, mask_dir = root / "leftImg8bit" / split, root / "gtFine" / split
+    files = SplitFiles(decoder=decoder())
+    if not image_dir.is_dir():
+        files.fail(FileNotFoundError(f"{image_dir} not found; root must hold leftImg8bit/ and gtFine/"))
+    images = sorted(image_dir.glob(f"*/*{_IMAGE}"))
+    masks = sorted(mask_dir.glob(f"*/*{_MASK}"))
+    mask_of = {i: mask_dir / i.parent.name / (i.name[: -len(_IMAGE)] + _MASK) for i in images}
+    missing = [i for i, m in mask_of.items() if not m.is_file()]
+    if missing:
+        files.fail(
+            FileNotFoundError(
+                f"{len(missing)} images have no gtFine labelIds mask: {list_some([mask_of[i] for i in missing])}"
+            ),
+            *[(str(i), "image has no gtFine labelIds mask") for i in missing],
+        )
+    image_of = {m: image_dir / m.parent.name / (m.name[: -len(_MASK)] + _IMAGE) for m in masks}
+    files.problems += [(str(m), "mask has no leftImg8bit image") for m, i in image_of.items() if not i.is_file()]
+    files.pairs = [(i, m) for i, m in mask_of.items() if m.is_file()]
+    files.images, files.masks = len(images), len(masks)
+    return files
+
+
+def scan_splits(root: Path) -> dict[str, SplitFiles]:
+    """train and val, where either their images or their masks exist."""
+    splits = {s: scan_split(root, s) for s in ("train", "val")}
+    return {s: files for s, files in splits.items() if files.images or files.masks}
 
 
 class Cityscapes(PairedDataset):
@@ -34,17 +74,5 @@ class Cityscapes(PairedDataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", *, transform: Transform | None = None) -> None:
-        root = Path(root)
-        image_dir = root / "leftImg8bit" / split
-        if not image_dir.is_dir():
-            raise FileNotFoundError(f"{image_dir} not found; root must hold leftImg8bit/ and gtFine/")
-        pairs = []
-        for image in sorted(image_dir.glob("*/*_leftImg8bit.png")):
-            prefix = image.name[: -len("_leftImg8bit.png")]
-            pairs.append((image, root / "gtFine" / split / image.parent.name / f"{prefix}_gtFine_labelIds.png"))
-        missing = [str(m) for _, m in pairs if not m.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{len(missing)} images have no gtFine labelIds mask: {list_some(missing)}")
-        value_map = {i: LABEL_TO_TRAIN.get(i, 255) for i in range(NUM_LABEL_IDS)}
-        decoder = MaskDecoder(len(CLASSES), ignore_index=255, value_map=value_map)
-        super().__init__(pairs, decoder, classes=CLASSES, palette=PALETTE, transform=transform)
+        pairs = scan_split(Path(root), split).checked_pairs()
+        super().__init__(pairs, decoder(), classes=CLASSES, palette=PALETTE, transform=transform)

@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from semseg.data.base import MaskDecoder, Transform
-from semseg.data.folder import FolderDataset
+from semseg.data.base import MaskDecoder, SplitFiles, Transform
+from semseg.data.folder import FolderDataset, scan_folder_pairs
 
 MASK_FORMATS = ("index", "rgb", "binary")
 _KEYS = ("name", "classes", "ignore_index", "mask_format", "value_map", "ignore_color", "mask_suffix", "splits")
@@ -93,6 +93,11 @@ class DatasetDescription:
         return MaskDecoder(
             self.num_classes, ignore_index=self.ignore_index, value_map=self.effective_value_map(), colors=self.colors
         )
+
+    def scan_split(self, split: str) -> SplitFiles:
+        """``split``'s pairs and problems, paired as :meth:`dataset` pairs them, without raising."""
+        folders = self.splits[split]
+        return scan_folder_pairs(folders.images, folders.masks, mask_suffix=self.mask_suffix, decoder=self.decoder())
 
     def dataset(self, split: str, transform: Transform | None = None) -> FolderDataset:
         """The :class:`FolderDataset` of ``split``, carrying this description's classes and palette."""

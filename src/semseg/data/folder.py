@@ -5,12 +5,48 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from semseg.data.base import IMAGE_SUFFIXES, MaskDecoder, PairedDataset, Transform, list_some
+from semseg.data.base import IMAGE_SUFFIXES, MaskDecoder, PairedDataset, SplitFiles, Transform, list_some
 
 
-def scan_by_stem(folder: Path, strip: str = "") -> tuple[dict[str, Path], list[tuple[Path, Path]]]:
-    """Image files in ``folder`` keyed by stem (minus the suffix ``strip``), and each
-    ``(file, earlier file)`` whose stem was already taken (``a.png`` beside ``a.jpg``)."""
+def scan_folder_pairs(
+    images_dir: Path, masks_dir: Path, *, mask_suffix: str = "", decoder: MaskDecoder | None = None
+) -> SplitFiles:
+    """``(image, mask)`` pairs whose names match: ``a.jpg`` with ``a<mask_suffix>.png`` (any image type).
+
+    Every image needs a mask and every mask an image, because a silently dropped half
+    usually means a wrong folder; each unmatched or ambiguously named file is a problem.
+    """
+    images_dir, masks_dir = Path(images_dir), Path(masks_dir)
+    files = SplitFiles(decoder=decoder)
+    images = _files_by_stem(images_dir, "", files)
+    masks = _files_by_stem(masks_dir, mask_suffix, files)
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask or no_image:
+        summary = []
+        if no_mask:
+            what = f"have no mask{mask_suffix}.* in {masks_dir}"
+            summary.append(f"{len(no_mask)} images in {images_dir} {what}: {list_some(no_mask)}")
+        if no_image:
+            summary.append(f"{len(no_image)} masks in {masks_dir} have no image in {images_dir}: {list_some(no_image)}")
+        files.fail(
+            FileNotFoundError("; ".join(summary) + ". Add the missing files or remove the extra ones"),
+            *[(str(images[s]), f"image has no mask {s}{mask_suffix}.* in {masks_dir}") for s in no_mask],
+            *[(str(masks[s]), f"mask has no image {s}.* in {images_dir}") for s in no_image],
+        )
+    if not images:
+        files.fail(FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}"))
+    files.pairs = [(images[s], masks[s]) for s in sorted(set(images) & set(masks))]
+    files.images, files.masks = len(images), len(masks)
+    return files
+
+
+def _files_by_stem(folder: Path, strip: str, files: SplitFiles) -> dict[str, Path]:
+    """Image files in ``folder`` keyed by stem (minus the suffix ``strip``); a missing folder or a
+    second file with a taken stem (``a.png`` beside ``a.jpg``) is a problem recorded in ``files``."""
+    if not folder.is_dir():
+        files.fail(FileNotFoundError(f"{folder} is not a directory"), (str(folder), "folder does not exist"))
+        return {}
     found: dict[str, Path] = {}
     clashes: list[tuple[Path, Path]] = []
     for p in sorted(folder.iterdir()):
@@ -20,42 +56,29 @@ def scan_by_stem(folder: Path, strip: str = "") -> tuple[dict[str, Path], list[t
                 clashes.append((p, found[stem]))
             else:
                 found[stem] = p
-    return found, clashes
-
-
-def _by_stem(folder: Path, strip: str = "") -> dict[str, Path]:
-    """Image files in ``folder`` keyed by stem (minus the suffix ``strip``); duplicate stems are an error."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a directory")
-    found, clashes = scan_by_stem(folder, strip)
     if clashes:
         names = [f"{earlier.name}, {p.name}" for p, earlier in clashes]
-        raise ValueError(f"{folder} has several files per name, so pairing is ambiguous: {list_some(names)}; keep one")
+        files.fail(
+            ValueError(f"{folder} has several files per name, so pairing is ambiguous: {list_some(names)}; keep one"),
+            *[(str(p), f"same name as {earlier.name}, so pairing is ambiguous; keep one") for p, earlier in clashes],
+        )
     return found
 
 
 def pair_by_stem(images_dir: Path, masks_dir: Path, *, mask_suffix: str = "") -> list[tuple[Path, Path]]:
-    """``(image, mask)`` pairs whose names match: ``a.jpg`` with ``a<mask_suffix>.png`` (any image type).
+    """The pairs :func:`scan_folder_pairs` finds; raises on the first problem, listing the unmatched names."""
+    return scan_folder_pairs(images_dir, masks_dir, mask_suffix=mask_suffix).checked_pairs()
 
-    Every image needs a mask and every mask an image; otherwise the error lists the
-    unmatched names, because a silently dropped half usually means a wrong folder.
-    """
-    images = _by_stem(Path(images_dir))
-    masks = _by_stem(Path(masks_dir), mask_suffix)
-    problems = []
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
-    if no_mask:
-        problems.append(
-            f"{len(no_mask)} images in {images_dir} have no mask{mask_suffix}.* in {masks_dir}: {list_some(no_mask)}"
-        )
-    if no_image:
-        problems.append(f"{len(no_image)} masks in {masks_dir} have no image in {images_dir}: {list_some(no_image)}")
-    if problems:
-        raise FileNotFoundError("; ".join(problems) + ". Add the missing files or remove the extra ones")
-    if not images:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
-    return [(images[s], masks[s]) for s in sorted(images)]
+
+def scan_splits(root: Path) -> dict[str, SplitFiles]:
+    """``root/images`` + ``root/masks`` as split "all", or each ``root/<split>/{images,masks}``."""
+    if (root / "images").is_dir():
+        return {"all": scan_folder_pairs(root / "images", root / "masks")}
+    return {
+        d.name: scan_folder_pairs(d / "images", d / "masks")
+        for d in sorted(root.iterdir())
+        if (d / "images").is_dir() or (d / "masks").is_dir()
+    }
 
 
 class FolderDataset(PairedDataset):

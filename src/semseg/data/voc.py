@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from semseg.data.base import MaskDecoder, PairedDataset, Transform, check_files_exist, default_palette
+from semseg.data.base import MaskDecoder, PairedDataset, SplitFiles, Transform, default_palette
 
 CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -26,6 +26,37 @@ def _voc_root(root: Path) -> Path:
     )
 
 
+def decoder() -> MaskDecoder:
+    """VOC's palette-index masks: class indices as stored, 255 (object borders) ignored."""
+    return MaskDecoder(len(CLASSES), ignore_index=255)
+
+
+def _listing(voc: Path, split: str) -> Path:
+    return voc / "ImageSets" / "Segmentation" / f"{split}.txt"
+
+
+def scan_split(root: Path, split: str) -> SplitFiles:
+    """``split``'s pairs and problems, without raising; a root holding no VOC tree at all still raises.
+
+    The split's list names ids: ``JPEGImages/<id>.jpg`` pairs with ``SegmentationClass/<id>.png``.
+    """
+    voc = _voc_root(root)
+    listing = _listing(voc, split)
+    files = SplitFiles(decoder=decoder())
+    if not listing.is_file():
+        files.fail(FileNotFoundError(f"{listing} not found; VOC 2012 splits are train, val and trainval"))
+        return files
+    ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    files.add_listed([(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png") for i in ids], listing)
+    return files
+
+
+def scan_splits(root: Path) -> dict[str, SplitFiles]:
+    """train and val, where their lists exist."""
+    voc = _voc_root(root)
+    return {s: scan_split(root, s) for s in ("train", "val") if _listing(voc, s).is_file()}
+
+
 class VOCSegmentation(PairedDataset):
     """VOC 2012 ``train``/``val``/``trainval``: ``JPEGImages/*.jpg`` with ``SegmentationClass/*.png``.
 
@@ -33,12 +64,5 @@ class VOCSegmentation(PairedDataset):
     """
 
     def __init__(self, root: str | Path, split: str = "train", *, transform: Transform | None = None) -> None:
-        voc = _voc_root(Path(root))
-        listing = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
-        if not listing.is_file():
-            raise FileNotFoundError(f"{listing} not found; VOC 2012 splits are train, val and trainval")
-        ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        pairs = [(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png") for i in ids]
-        check_files_exist(pairs, listing)
-        decoder = MaskDecoder(len(CLASSES), ignore_index=255)
-        super().__init__(pairs, decoder, classes=CLASSES, palette=PALETTE, transform=transform)
+        pairs = scan_split(Path(root), split).checked_pairs()
+        super().__init__(pairs, decoder(), classes=CLASSES, palette=PALETTE, transform=transform)
