@@ -28,7 +28,7 @@ def table(num_classes: int, size: tuple[int, int]) -> str:
         "|---|---|---:|---:|---|",
     ]
     for name in list_models():
-        skip = ("num_classes", "backbone", "backbone_weights")
+        skip = ("num_classes", "backbone", "backbone_weights", "in_channels")
         defaults = {k: v for k, v in model_options(name).items() if k not in skip}
         shown = ", ".join(f"{k}={v}" for k, v in defaults.items())
         for backbone in backbones(name):

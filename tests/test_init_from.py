@@ -75,7 +75,7 @@ def test_every_other_tensor_is_the_source_s(tmp_path):
     torch.manual_seed(7)
     model = semseg.create_model("unet", num_classes=3, **UNET)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    assert init_from(model, str(source)) == ["classifier.weight", "classifier.bias"]
+    assert init_from(model, str(source)).reinitialised == ["classifier.weight", "classifier.bias"]
     for key, value in model.state_dict().items():
         assert torch.equal(value, fresh[key] if key.startswith("classifier.") else src[key]), key
 
@@ -96,7 +96,7 @@ def test_a_torchvision_checkpoint_initialises_all_but_the_classifiers(tmp_path):
                tmp_path / "lraspp_coco.pth")  # fmt: skip
     model = semseg.create_model("lraspp", num_classes=11)
     reinit = init_from(model, str(tmp_path / "lraspp_coco.pth"))
-    assert reinit == ["classifier.low_classifier.weight", "classifier.low_classifier.bias",
+    assert reinit.reinitialised == ["classifier.low_classifier.weight", "classifier.low_classifier.bias",
                       "classifier.high_classifier.weight", "classifier.high_classifier.bias"]  # fmt: skip
     assert torch.equal(model.state_dict()["backbone.features.0.0.weight"], coco["backbone.features.0.0.weight"])
 
@@ -114,9 +114,25 @@ def test_shipped_models_are_usable_by_name_everywhere(shipped, tmp_path, capsys)
     assert np.array_equal(np.array(Image.open(tmp_path / "pred" / "masks" / "street.png")), labels)
     assert main(["export", shipped, "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     model = semseg.create_model("unet", num_classes=2, **UNET)
-    assert init_from(model, shipped) == ["classifier.weight", "classifier.bias"]
+    assert init_from(model, shipped).reinitialised == ["classifier.weight", "classifier.bias"]
 
 
 def test_an_unknown_name_lists_the_shipped_ones(shipped, tmp_path, capsys):
     assert main(["predict", "camvid-nope", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
     assert "camvid-nope is neither a file nor a shipped model (shipped models: camvid-tiny" in capsys.readouterr().err
+
+
+def test_a_source_without_the_aux_head_leaves_only_the_aux_head_fresh(tmp_path):
+    torch.manual_seed(0)
+    lean = semseg.create_model("ddrnet_23_slim", num_classes=11, aux=False)  # as shipped: no aux head
+    source = save_weights(lean, tmp_path / "lean.safetensors")
+    model = semseg.create_model("ddrnet_23_slim", num_classes=3, aux=True)
+    report = init_from(model, str(source))
+    assert report.reinitialised == ["final_layer.conv2.weight", "final_layer.conv2.bias"]
+    aux = sorted(k for k in model.state_dict() if k.startswith("seghead_extra.") and "num_batches" not in k)
+    assert report.fresh_aux == aux and len(aux) > 4
+    assert report.loaded == len(lean.state_dict()) - 2
+    assert "aux head not in the source, trained from scratch: seghead_extra." in report.describe("lean")
+    for key, value in model.state_dict().items():
+        if not key.startswith(("seghead_extra.", "final_layer.conv2.")):
+            assert torch.equal(value, lean.state_dict()[key]), key

@@ -23,7 +23,7 @@ def test_model_config_rebuilds_the_same_architecture():
     model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2)
     assert model.model_config == {
         "name": "unet", "num_classes": 3, "backbone": "none", "base_channels": 4, "depth": 2, "batch_norm": True,
-        "backbone_weights": None,
+        "backbone_weights": None, "in_channels": 3,
     }
     clone = semseg.create_model(**model.model_config)
     assert [(k, v.shape) for k, v in clone.state_dict().items()] == [(k, v.shape) for k, v in model.state_dict().items()]

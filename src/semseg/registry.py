@@ -68,7 +68,8 @@ def create_model(name: str, *, num_classes: int, **options: Any) -> nn.Module:
     """Build model ``name`` with ``num_classes`` outputs.
 
     Options are checked against the builder's signature and type hints (an unknown name or
-    a wrong type raises :class:`~semseg.typecheck.OptionError` naming it). The returned
+    a wrong type raises :class:`~semseg.typecheck.OptionError` naming it); every model takes
+    ``in_channels`` (default 3), the number of image channels, which must be positive. The returned
     module carries ``model.model_config`` (name, num_classes and every option, defaults
     filled in, weight files as None) so that ``create_model(**model.model_config)`` rebuilds it.
     """
@@ -77,6 +78,8 @@ def create_model(name: str, *, num_classes: int, **options: Any) -> nn.Module:
     options = check_options(builder, options, what=f"model {name!r}", exclude={"num_classes"})
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if options.get("in_channels", 3) < 1:  # every builder takes it; check_options made it an int
+        raise ValueError(f"in_channels must be a positive int, got {options['in_channels']!r}")
     model = builder(num_classes=num_classes, **options)
     config = {"name": name}
     for p in params.values():

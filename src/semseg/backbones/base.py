@@ -1,8 +1,9 @@
 """What every backbone declares, so that any head can sit on any backbone.
 
-A backbone maps images ``(N, 3, H, W)`` to a dict of feature maps, and
-``backbone.feature_info`` names the same keys, shallow to deep, with each map's
-channels and nominal stride (input size / feature size, dilation accounted for).
+A backbone maps images ``(N, in_channels, H, W)`` (3 channels unless built with another
+``in_channels``) to a dict of feature maps, and ``backbone.feature_info`` names the same
+keys, shallow to deep, with each map's channels and nominal stride (input size / feature
+size, dilation accounted for).
 """
 
 from __future__ import annotations

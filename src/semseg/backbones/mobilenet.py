@@ -124,11 +124,14 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV3(Backbone):
-    """MobileNetV3-Large ``features`` without the classifier; returns ``"low"`` and ``"out"``."""
+    """MobileNetV3-Large ``features`` without the classifier; returns ``"low"`` and ``"out"``.
 
-    def __init__(self, *, dilated: bool = False) -> None:
+    ``in_channels`` is the number of image channels the stem conv reads.
+    """
+
+    def __init__(self, *, dilated: bool = False, in_channels: int = 3) -> None:
         super().__init__()
-        layers: list[nn.Module] = [ConvBNAct(3, _STEM_CHANNELS, 3, stride=2, act=nn.Hardswish)]
+        layers: list[nn.Module] = [ConvBNAct(in_channels, _STEM_CHANNELS, 3, stride=2, act=nn.Hardswish)]
         strides = [2]
         # torchvision's stage_indices: the stem, every block that halves the
         # resolution (even when dilated), and the last conv.
@@ -168,11 +171,11 @@ class MobileNetV3(Backbone):
         return out
 
 
-def mobilenet_v3_large(*, output_stride: int = 32) -> MobileNetV3:
+def mobilenet_v3_large(*, output_stride: int = 32, in_channels: int = 3) -> MobileNetV3:
     """MobileNetV3-Large features; ``output_stride=16`` dilates the last stage (``dilated=True``)."""
     if output_stride not in (16, 32):
         raise ValueError(f"MobileNetV3 supports output_stride 16 or 32, got {output_stride!r}")
-    return MobileNetV3(dilated=output_stride == 16)
+    return MobileNetV3(dilated=output_stride == 16, in_channels=in_channels)
 
 
 def set_batch_norm_eps(module: nn.Module, eps: float) -> None:

@@ -1,7 +1,8 @@
 """Backbones by name: ``create_backbone("resnet50", output_stride=8, weights=path)``.
 
 One level of lookup onto typed builders that share the signature
-``(*, output_stride: int = 32)``; an unknown name fails with the list of valid ones.
+``(*, output_stride: int = 32, in_channels: int = 3)``; an unknown name fails with the
+list of valid ones.
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ def list_backbones() -> list[str]:
     return sorted(_BACKBONES)
 
 
-def create_backbone(name: str, *, output_stride: int = 32, weights: str | Path | None = None) -> Backbone:
+def create_backbone(
+    name: str, *, output_stride: int = 32, weights: str | Path | None = None, in_channels: int = 3
+) -> Backbone:
     """Build backbone ``name``, optionally loading ImageNet weights from the local file ``weights``.
 
     ``output_stride`` is 8, 16 or 32 for ResNets, 16 or 32 for MobileNetV3 and 32 for VGG.
+    ``in_channels`` is the number of image channels; RGB ``weights`` are adapted to it.
     """
     try:
         builder = _BACKBONES[name]
     except KeyError:
         raise KeyError(f"unknown backbone {name!r}; available backbones: {', '.join(list_backbones())}") from None
-    backbone = builder(output_stride=output_stride)
+    backbone = builder(output_stride=output_stride, in_channels=in_channels)
     if weights is not None:
         load_backbone_weights(backbone, weights)
     return backbone

@@ -116,11 +116,11 @@ class ResNet(Backbone):
     """ResNet trunk without the classifier; returns the stem and the four stage outputs.
 
     ``"stem"`` is taken after conv1/bn1/relu, before the max-pool (stride 2), for
-    decoders that want a high-resolution skip.
+    decoders that want a high-resolution skip. ``in_channels`` is the number of image channels ``conv1`` reads.
     """
 
     def __init__(
-        self, block: type[BasicBlock | Bottleneck], layers: list[int], *, output_stride: int = 32
+        self, block: type[BasicBlock | Bottleneck], layers: list[int], *, output_stride: int = 32, in_channels: int = 3
     ) -> None:
         super().__init__()
         if output_stride not in _DILATE_STAGES:
@@ -128,7 +128,7 @@ class ResNet(Backbone):
         self._inplanes = 64
         self._dilation = 1
         self._stride = 4  # after conv1 (2) and maxpool (2)
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
@@ -195,21 +195,21 @@ class ResNet(Backbone):
         return {"stem": stem, "layer1": layer1, "layer2": layer2, "layer3": layer3, "layer4": layer4}
 
 
-def resnet18(*, output_stride: int = 32) -> ResNet:
+def resnet18(*, output_stride: int = 32, in_channels: int = 3) -> ResNet:
     """ResNet-18 (BasicBlock, [2, 2, 2, 2]); stage channels 64/128/256/512."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], output_stride=output_stride)
+    return ResNet(BasicBlock, [2, 2, 2, 2], output_stride=output_stride, in_channels=in_channels)
 
 
-def resnet34(*, output_stride: int = 32) -> ResNet:
+def resnet34(*, output_stride: int = 32, in_channels: int = 3) -> ResNet:
     """ResNet-34 (BasicBlock, [3, 4, 6, 3]); stage channels 64/128/256/512."""
-    return ResNet(BasicBlock, [3, 4, 6, 3], output_stride=output_stride)
+    return ResNet(BasicBlock, [3, 4, 6, 3], output_stride=output_stride, in_channels=in_channels)
 
 
-def resnet50(*, output_stride: int = 32) -> ResNet:
+def resnet50(*, output_stride: int = 32, in_channels: int = 3) -> ResNet:
     """ResNet-50 (Bottleneck, [3, 4, 6, 3]); stage channels 256/512/1024/2048."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], output_stride=output_stride)
+    return ResNet(Bottleneck, [3, 4, 6, 3], output_stride=output_stride, in_channels=in_channels)
 
 
-def resnet101(*, output_stride: int = 32) -> ResNet:
+def resnet101(*, output_stride: int = 32, in_channels: int = 3) -> ResNet:
     """ResNet-101 (Bottleneck, [3, 4, 23, 3]); stage channels 256/512/1024/2048."""
-    return ResNet(Bottleneck, [3, 4, 23, 3], output_stride=output_stride)
+    return ResNet(Bottleneck, [3, 4, 23, 3], output_stride=output_stride, in_channels=in_channels)

@@ -31,15 +31,18 @@ _VGG16_CFG: tuple[int | str, ...] = (
 
 
 class VGG(Backbone):
-    """VGG16 convolutional trunk (no classifier); returns ``pool1``..``pool5``."""
+    """VGG16 convolutional trunk (no classifier); returns ``pool1``..``pool5``.
 
-    def __init__(self, *, batch_norm: bool) -> None:
+    ``in_channels`` is the number of image channels the first conv reads.
+    """
+
+    def __init__(self, *, batch_norm: bool, in_channels: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         self._bounds: list[tuple[int, int]] = []
         self._pool_names: dict[int, str] = {}
         self.feature_info = {}
-        in_channels, start = 3, 0
+        channels, start = in_channels, 0  # the width entering each layer
         for v in _VGG16_CFG:
             if v == "M":
                 pool = len(layers)
@@ -47,14 +50,14 @@ class VGG(Backbone):
                 self._bounds.append((start, pool))
                 name = f"pool{len(self._bounds)}"
                 self._pool_names[pool] = name
-                self.feature_info[name] = FeatureInfo(in_channels, 2 ** len(self._bounds))
+                self.feature_info[name] = FeatureInfo(channels, 2 ** len(self._bounds))
                 start = pool + 1
                 continue
-            layers.append(nn.Conv2d(in_channels, int(v), kernel_size=3, padding=1))
+            layers.append(nn.Conv2d(channels, int(v), kernel_size=3, padding=1))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(int(v)))
             layers.append(nn.ReLU(inplace=True))
-            in_channels = int(v)
+            channels = int(v)
         self.features = nn.Sequential(*layers)
         self._init_weights()
 
@@ -88,16 +91,16 @@ class VGG(Backbone):
         return out
 
 
-def vgg16(*, output_stride: int = 32) -> VGG:
+def vgg16(*, output_stride: int = 32, in_channels: int = 3) -> VGG:
     """VGG16 without BatchNorm (torchvision ``vgg16`` features, 14.7M parameters)."""
     _check_output_stride(output_stride)
-    return VGG(batch_norm=False)
+    return VGG(batch_norm=False, in_channels=in_channels)
 
 
-def vgg16_bn(*, output_stride: int = 32) -> VGG:
+def vgg16_bn(*, output_stride: int = 32, in_channels: int = 3) -> VGG:
     """VGG16 with BatchNorm after every conv (torchvision ``vgg16_bn`` features); SegNet's encoder."""
     _check_output_stride(output_stride)
-    return VGG(batch_norm=True)
+    return VGG(batch_norm=True, in_channels=in_channels)
 
 
 def _check_output_stride(output_stride: int) -> None:

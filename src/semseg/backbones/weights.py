@@ -3,11 +3,15 @@
 Nothing is downloaded: pass the path of a ``.pth``/``.pt`` (read with
 ``weights_only=True``, so no pickled code runs) or ``.safetensors`` file. Classifier
 weights are dropped; everything else must match the backbone exactly, and a mismatch
-fails with the offending keys rather than leaving layers silently random.
+fails with the offending keys rather than leaving layers silently random. The one
+exception is the input convolution of a model built for other than 3 input channels:
+its RGB weights are adapted by :func:`adapt_input_conv`.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -91,14 +95,58 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
         set_batch_norm_eps(backbone, TIMM_BN_EPS if is_timm_mobilenet else TORCHVISION_BN_EPS)
 
 
+def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """An RGB conv weight ``(out, 3, kh, kw)`` adapted to ``in_channels`` inputs, as timm's ``adapt_input_conv``.
+
+    One channel: the sum over RGB, so a grey image gives what the RGB conv gives on that
+    image repeated in all three channels. Otherwise the RGB kernels are repeated
+    cyclically up to ``in_channels`` and scaled by ``3 / in_channels``, which keeps the
+    response to an image of equal channels near the RGB one (equal for multiples of 3).
+    Computed in float32 and returned in the weight's dtype.
+    """
+    if weight.dim() != 4 or weight.shape[1] != 3:
+        raise ValueError(f"expected an RGB conv weight (out, 3, kh, kw), got shape {tuple(weight.shape)}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    w = weight.float()
+    if in_channels == 1:
+        w = w.sum(dim=1, keepdim=True)
+    elif in_channels != 3:
+        w = w.repeat(1, math.ceil(in_channels / 3), 1, 1)[:, :in_channels] * (3 / in_channels)
+    return w.to(weight.dtype)
+
+
+def adapt_input_convs(
+    state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state_dict`` with its RGB input-conv weights adapted to ``own`` (the model's state dict); and their keys.
+
+    An input conv is recognised by shape, not by name, so it works for every model (and
+    for BiSeNet V2's two): a 4-d weight that has 3 input channels in ``state_dict`` and
+    another count in ``own``, every other dimension equal. Only convs that read the image
+    change width with ``in_channels``.
+    """
+    adapted = [
+        k for k, v in state_dict.items()
+        if k in own and v.dim() == 4 and own[k].dim() == 4 and v.shape[1] == 3 and own[k].shape[1] != 3
+        and v.shape[0] == own[k].shape[0] and v.shape[2:] == own[k].shape[2:]
+    ]  # fmt: skip
+    out = dict(state_dict)
+    for k in adapted:
+        out[k] = adapt_input_conv(state_dict[k], own[k].shape[1])
+    return out, adapted
+
+
 def load_checked(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load ``state_dict`` into ``module`` only if every key and shape fits; else a ``ValueError`` naming them.
 
     ``source`` says where the weights came from, for the message. Only BatchNorm's
     ``num_batches_tracked`` may be absent (older torchvision and many timm files lack
-    it); the module keeps its own value then.
+    it); the module keeps its own value then. RGB input convs are adapted to the
+    module's input channels (:func:`adapt_input_convs`).
     """
     own = module.state_dict()
+    state_dict = adapt_input_convs(state_dict, own)[0]
     missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [

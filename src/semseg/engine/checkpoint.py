@@ -120,6 +120,9 @@ def _check_metadata(meta: dict[str, Any], path: Path) -> None:
     num_classes = config.get("num_classes")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         fail("model_config.num_classes", f"must be a positive int, got {num_classes!r}")
+    in_channels = config.get("in_channels", 3)  # absent from checkpoints older than the option: RGB
+    if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+        fail("model_config.in_channels", f"must be a positive int, got {in_channels!r}")
     if "classes" in meta:
         classes = meta["classes"]
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
@@ -141,8 +144,8 @@ def _check_metadata(meta: dict[str, Any], path: Path) -> None:
             if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                        and math.isfinite(v) for v in values):  # fmt: skip
                 fail(key, f"must be a list of finite numbers, got {values!r}")
-            if len(values) != 3:
-                fail(key, f"has {len(values)} values for 3 input channels")
+            if len(values) != in_channels:
+                fail(key, f"has {len(values)} values for {in_channels} input channels")
             if key == "std" and min(values) <= 0:
                 fail(key, f"must be > 0 for every channel, got {values}")
     if "ignore_index" in meta and (not isinstance(meta["ignore_index"], int) or isinstance(meta["ignore_index"], bool)):

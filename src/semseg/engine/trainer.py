@@ -29,7 +29,6 @@ from semseg.engine import distributed, run_folder
 from semseg.engine.checkpoint import load_training_state, read_metadata
 from semseg.engine.datasets import DatasetBundle, build_datasets
 from semseg.engine.evaluate import confusion_matrix
-from semseg.engine.init_from import describe as describe_init
 from semseg.engine.init_from import init_from
 from semseg.engine.schedules import cosine_schedule, poly_schedule
 from semseg.engine.train import TrainForward, train_one_epoch
@@ -74,10 +73,9 @@ def _fit(
     except OptionError as exc:
         raise ConfigError(f"model.options: {exc}") from None
     if config.model.init_from is not None and not resume:  # a resumed run has its own weights
-        reinitialised = init_from(model, config.model.init_from)
+        report = init_from(model, config.model.init_from)
         if dist.is_main:
-            print(describe_init(config.model.init_from, reinitialised, len(model.state_dict()) - len(reinitialised)),
-                  flush=True)  # fmt: skip
+            print(report.describe(config.model.init_from), flush=True)
     model = model.to(dist.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -1,7 +1,9 @@
 """The contract every semseg model follows.
 
-``model(x)`` takes images ``(N, 3, H, W)`` and returns logits ``(N, C, H, W)`` at the
-input size, with no data-dependent Python branches, so it compiles and exports.
+``model(x)`` takes images ``(N, in_channels, H, W)`` and returns logits ``(N, C, H, W)``
+at the input size, with no data-dependent Python branches, so it compiles and exports.
+Every registered builder takes ``in_channels`` (default 3: RGB); RGB weights loaded into
+a model with other counts are adapted in :func:`semseg.backbones.weights.adapt_input_conv`.
 
 Auxiliary outputs, used only for training, come from one place:
 ``model.forward_train(x)`` returns ``{"out": logits, "aux": aux_logits}`` (``"aux"``

@@ -55,9 +55,9 @@ def _dwconv_bn(channels: int, out_channels: int | None = None, stride: int = 1) 
 class DetailBranch(nn.Sequential):
     """Three stages of 3x3 conv-BN-ReLU, each starting strided: 64, 64, 128 channels, stride 8."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int = 3) -> None:
         super().__init__(
-            ConvBNAct(3, 64, stride=2), ConvBNAct(64, 64),
+            ConvBNAct(in_channels, 64, stride=2), ConvBNAct(64, 64),
             ConvBNAct(64, 64, stride=2), ConvBNAct(64, 64), ConvBNAct(64, 64),
             ConvBNAct(64, 128, stride=2), ConvBNAct(128, 128), ConvBNAct(128, 128),
         )  # fmt: skip
@@ -69,9 +69,9 @@ class StemBlock(nn.Module):
     Both paths halve with 'same' padding, so they agree on every input size (ceil(H/4)).
     """
 
-    def __init__(self, out_channels: int = 16) -> None:
+    def __init__(self, out_channels: int = 16, in_channels: int = 3) -> None:
         super().__init__()
-        self.conv = ConvBNAct(3, out_channels, stride=2)
+        self.conv = ConvBNAct(in_channels, out_channels, stride=2)
         self.left = nn.Sequential(ConvBNAct(out_channels, out_channels // 2, 1),
                                   ConvBNAct(out_channels // 2, out_channels, stride=2))  # fmt: skip
         self.right = nn.MaxPool2d(3, stride=2, padding=1)
@@ -128,9 +128,9 @@ class ContextEmbedding(nn.Module):
 class SemanticBranch(nn.Module):
     """Stem (1/4, 16 ch) -> GE stages 3, 4, 5 (1/8, 1/16, 1/32; 32, 64, 128 ch) -> Context Embedding."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_channels: int = 3) -> None:
         super().__init__()
-        self.stem = StemBlock(16)
+        self.stem = StemBlock(16, in_channels)
         self.stage3 = nn.Sequential(GELayer(16, 32, stride=2), GELayer(32, 32))
         self.stage4 = nn.Sequential(GELayer(32, 64, stride=2), GELayer(64, 64))
         self.stage5 = nn.Sequential(GELayer(64, 128, stride=2), GELayer(128, 128), GELayer(128, 128),
@@ -180,10 +180,10 @@ class SegmentHead(nn.Sequential):
 class BiSeNetV2(SegmentationModel):
     """Detail branch (1/8) + semantic branch (1/32) -> guided aggregation -> head at 1/8; booster on stage 5."""
 
-    def __init__(self, num_classes: int, *, aux: bool) -> None:
+    def __init__(self, num_classes: int, *, aux: bool, in_channels: int = 3) -> None:
         super().__init__()
-        self.detail = DetailBranch()
-        self.semantic = SemanticBranch()
+        self.detail = DetailBranch(in_channels)
+        self.semantic = SemanticBranch(in_channels)
         self.bga = BilateralGuidedAggregation(128)
         self.head = SegmentHead(128, 1024, num_classes)
         self.booster = SegmentHead(128, 1024, num_classes) if aux else None
@@ -209,6 +209,6 @@ class BiSeNetV2(SegmentationModel):
 
 
 @register_model
-def bisenetv2(*, num_classes: int, aux: bool = True) -> BiSeNetV2:
+def bisenetv2(*, num_classes: int, aux: bool = True, in_channels: int = 3) -> BiSeNetV2:
     """BiSeNet V2 with its stage-5 booster head for training (``aux``); 3.4M parameters without it (19 classes)."""
-    return BiSeNetV2(num_classes, aux=aux)
+    return BiSeNetV2(num_classes, aux=aux, in_channels=in_channels)

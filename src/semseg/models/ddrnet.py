@@ -153,15 +153,16 @@ class DDRNet(SegmentationModel):
 
     ``planes`` is the stem width (32 for the slim model, 64 for the full one); the high
     branch has ``2 * planes`` channels and the low branch doubles per stage up to
-    ``8 * planes`` (``16 * planes`` after the last bottleneck).
+    ``8 * planes`` (``16 * planes`` after the last bottleneck); ``in_channels`` is the number of
+    image channels the stem reads.
     """
 
     def __init__(self, num_classes: int, *, planes: int, layers: tuple[int, int, int, int], spp_planes: int,
-                 head_planes: int, aux: bool) -> None:  # fmt: skip
+                 head_planes: int, aux: bool, in_channels: int = 3) -> None:  # fmt: skip
         super().__init__()
         high = planes * 2
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, planes, 3, stride=2, padding=1), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, planes, 3, stride=2, padding=1), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
             nn.Conv2d(planes, planes, 3, stride=2, padding=1), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
         )  # fmt: skip
         self.relu = nn.ReLU(inplace=False)  # applied to tensors that are reused afterwards
@@ -219,12 +220,14 @@ class DDRNet(SegmentationModel):
 
 
 @register_model
-def ddrnet_23_slim(*, num_classes: int, aux: bool = True) -> DDRNet:
+def ddrnet_23_slim(*, num_classes: int, aux: bool = True, in_channels: int = 3) -> DDRNet:
     """DDRNet-23-slim: 32-channel stem, high branch 64 channels, 5.7M parameters (19 classes)."""
-    return DDRNet(num_classes, planes=32, layers=(2, 2, 2, 2), spp_planes=128, head_planes=64, aux=aux)
+    return DDRNet(num_classes, planes=32, layers=(2, 2, 2, 2), spp_planes=128, head_planes=64, aux=aux,
+                  in_channels=in_channels)  # fmt: skip
 
 
 @register_model
-def ddrnet_23(*, num_classes: int, aux: bool = True) -> DDRNet:
+def ddrnet_23(*, num_classes: int, aux: bool = True, in_channels: int = 3) -> DDRNet:
     """DDRNet-23: 64-channel stem, high branch 128 channels, 20.1M parameters (19 classes)."""
-    return DDRNet(num_classes, planes=64, layers=(2, 2, 2, 2), spp_planes=128, head_planes=128, aux=aux)
+    return DDRNet(num_classes, planes=64, layers=(2, 2, 2, 2), spp_planes=128, head_planes=128, aux=aux,
+                  in_channels=in_channels)  # fmt: skip

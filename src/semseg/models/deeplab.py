@@ -153,14 +153,14 @@ class DeepLabV3Plus(SegmentationModel):
 
 
 def _atrous_backbone(
-    name: str, backbone: str, output_stride: int | None, default_stride: int, weights: str | None
+    name: str, backbone: str, output_stride: int | None, default_stride: int, weights: str | None, in_channels: int
 ) -> tuple[Backbone, int, dict[str, str]]:
     check_choice(name, "backbone", backbone, get_args(DeepLabBackbone))
     mobilenet = backbone == "mobilenet_v3_large"
     if output_stride is None:
         output_stride = 16 if mobilenet else default_stride
     check_choice(f"{name} ({backbone})", "output_stride", output_stride, (16,) if mobilenet else (8, 16))
-    trunk = create_backbone(backbone, output_stride=output_stride, weights=weights)
+    trunk = create_backbone(backbone, output_stride=output_stride, weights=weights, in_channels=in_channels)
     return trunk, output_stride, _MOBILENET_TAPS if mobilenet else _RESNET_TAPS
 
 
@@ -176,13 +176,14 @@ def deeplabv3(
     backbone_weights: str | None = None,
     aux: bool = False,
     output_stride: int | None = None,
+    in_channels: int = 3,
 ) -> DeepLabV3:
     """DeepLabV3 as torchvision builds it (their checkpoints load, aux head or not).
 
     ``output_stride``: 8 or 16 for ResNets (default 8, as torchvision), 16 for MobileNetV3.
     ``aux=True`` adds an FCNHead on layer3 (MobileNet: the stride-8 ``low`` map), loss weight 0.5.
     """
-    trunk, stride, taps = _atrous_backbone("deeplabv3", backbone, output_stride, 8, backbone_weights)
+    trunk, stride, taps = _atrous_backbone("deeplabv3", backbone, output_stride, 8, backbone_weights, in_channels)
     rates = TORCHVISION_MOBILENET_RATES if backbone == "mobilenet_v3_large" else _paper_rates(stride)
     head = DeepLabHead(trunk.feature_info[taps["out"]].channels, num_classes, rates=rates)
     aux_head = FCNHead(trunk.feature_info[taps["aux"]].channels, num_classes) if aux else None
@@ -197,9 +198,11 @@ def deeplabv3plus(
     backbone_weights: str | None = None,
     aux: bool = False,
     output_stride: int | None = None,
+    in_channels: int = 3,
 ) -> DeepLabV3Plus:
     """DeepLabV3+ (ASPP + low-level decoder); ``output_stride`` 16 (default, the paper's) or 8 for ResNets."""
-    trunk, stride, taps = _atrous_backbone("deeplabv3plus", backbone, output_stride, 16, backbone_weights)
+    trunk, stride, taps = _atrous_backbone("deeplabv3plus", backbone, output_stride, 16, backbone_weights,
+                                           in_channels)
     info = trunk.feature_info
     head = DeepLabV3PlusHead(
         info[taps["out"]].channels, info[taps["low"]].channels, num_classes, rates=_paper_rates(stride)

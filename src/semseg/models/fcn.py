@@ -168,10 +168,10 @@ class FCN(SegmentationModel):
 
 
 def _skip_fcn(
-    name: str, stride: int, *, num_classes: int, backbone: str, backbone_weights: str | None
+    name: str, stride: int, *, num_classes: int, backbone: str, backbone_weights: str | None, in_channels: int
 ) -> FCN:
     check_choice(name, "backbone", backbone, get_args(SkipBackbone))
-    trunk = create_backbone(backbone, weights=backbone_weights)
+    trunk = create_backbone(backbone, weights=backbone_weights, in_channels=in_channels)
     if backbone == "vgg16":
         fc: nn.Module = ConvolutionalFC(trunk.feature_info["pool5"].channels)
         fc_channels = 4096
@@ -185,25 +185,34 @@ def _skip_fcn(
 
 
 @register_model
-def fcn32s(*, num_classes: int, backbone: SkipBackbone = "vgg16", backbone_weights: str | None = None) -> FCN:
+def fcn32s(
+    *, num_classes: int, backbone: SkipBackbone = "vgg16", backbone_weights: str | None = None, in_channels: int = 3
+) -> FCN:
     """FCN-32s: stride-32 scores up-sampled 32x in one step.
 
     ``backbone_weights``: a local ImageNet file (torchvision or timm naming); for VGG16
     its fc6/fc7 are reshaped into the convolutional fc6/fc7.
     """
-    return _skip_fcn("fcn32s", 32, num_classes=num_classes, backbone=backbone, backbone_weights=backbone_weights)
+    return _skip_fcn("fcn32s", 32, num_classes=num_classes, backbone=backbone, backbone_weights=backbone_weights,
+                     in_channels=in_channels)
 
 
 @register_model
-def fcn16s(*, num_classes: int, backbone: SkipBackbone = "vgg16", backbone_weights: str | None = None) -> FCN:
+def fcn16s(
+    *, num_classes: int, backbone: SkipBackbone = "vgg16", backbone_weights: str | None = None, in_channels: int = 3
+) -> FCN:
     """FCN-16s: FCN-32s plus pool4 (layer3) scores, up-sampled 16x."""
-    return _skip_fcn("fcn16s", 16, num_classes=num_classes, backbone=backbone, backbone_weights=backbone_weights)
+    return _skip_fcn("fcn16s", 16, num_classes=num_classes, backbone=backbone, backbone_weights=backbone_weights,
+                     in_channels=in_channels)
 
 
 @register_model
-def fcn8s(*, num_classes: int, backbone: SkipBackbone = "vgg16", backbone_weights: str | None = None) -> FCN:
+def fcn8s(
+    *, num_classes: int, backbone: SkipBackbone = "vgg16", backbone_weights: str | None = None, in_channels: int = 3
+) -> FCN:
     """FCN-8s: FCN-16s plus pool3 (layer2) scores, up-sampled 8x; the paper's best (134M parameters on VGG16)."""
-    return _skip_fcn("fcn8s", 8, num_classes=num_classes, backbone=backbone, backbone_weights=backbone_weights)
+    return _skip_fcn("fcn8s", 8, num_classes=num_classes, backbone=backbone, backbone_weights=backbone_weights,
+                     in_channels=in_channels)
 
 
 class DilatedFCN(SimpleSegmentationModel):
@@ -217,13 +226,14 @@ def fcn(
     backbone: DilatedBackbone = "resnet50",
     backbone_weights: str | None = None,
     aux: bool = False,
+    in_channels: int = 3,
 ) -> DilatedFCN:
     """torchvision's ``fcn_resnet50``/``fcn_resnet101`` (their checkpoints load, aux head or not).
 
     ``aux=True`` adds the layer3 auxiliary head (loss weight 0.5, torchvision's recipe).
     """
     check_choice("fcn", "backbone", backbone, get_args(DilatedBackbone))
-    trunk = create_backbone(backbone, output_stride=8, weights=backbone_weights)
+    trunk = create_backbone(backbone, output_stride=8, weights=backbone_weights, in_channels=in_channels)
     head = FCNHead(trunk.feature_info["layer4"].channels, num_classes)
     aux_head = FCNHead(trunk.feature_info["layer3"].channels, num_classes) if aux else None
     return DilatedFCN(trunk, head, aux_head, out_feature="layer4", aux_feature="layer3" if aux else None)

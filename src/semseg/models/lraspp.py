@@ -66,10 +66,11 @@ def lraspp(
     num_classes: int,
     backbone: LRASPPBackbone = "mobilenet_v3_large",
     backbone_weights: str | None = None,
+    in_channels: int = 3,
 ) -> LRASPP:
     """LR-ASPP on dilated MobileNetV3-Large (torchvision's ``lraspp_mobilenet_v3_large``); no auxiliary head."""
     check_choice("lraspp", "backbone", backbone, get_args(LRASPPBackbone))
-    trunk = mobilenet_v3_large(output_stride=16)
+    trunk = mobilenet_v3_large(output_stride=16, in_channels=in_channels)
     if backbone_weights is not None:
         load_backbone_weights(trunk, backbone_weights)
     return LRASPP(trunk, num_classes)

@@ -95,6 +95,7 @@ def pspnet(
     backbone_weights: str | None = None,
     aux: bool = True,
     bins: tuple[int, ...] = (1, 2, 3, 6),
+    in_channels: int = 3,
 ) -> PSPNet:
     """PSPNet on a dilated ResNet (output stride 8).
 
@@ -104,7 +105,7 @@ def pspnet(
     bins = tuple(bins)
     if not bins or any(not isinstance(b, int) or b < 1 for b in bins):
         raise ValueError(f"pspnet bins must be positive ints, got {bins!r}")
-    trunk = create_backbone(backbone, output_stride=8, weights=backbone_weights)
+    trunk = create_backbone(backbone, output_stride=8, weights=backbone_weights, in_channels=in_channels)
     head = PSPHead(trunk.feature_info["layer4"].channels, num_classes, bins=bins)
     aux_head = FCNHead(trunk.feature_info["layer3"].channels, num_classes) if aux else None
     return PSPNet(

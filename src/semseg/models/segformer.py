@@ -196,16 +196,19 @@ class MiTStage(nn.Module):
 
 
 class MixTransformer(Backbone):
-    """MiT encoder: four stages at strides 4/8/16/32, returned as ``stage1`` .. ``stage4`` (NCHW)."""
+    """MiT encoder: four stages at strides 4/8/16/32, returned as ``stage1`` .. ``stage4`` (NCHW).
 
-    def __init__(self, config: MiTConfig, *, drop_path_rate: float = 0.1) -> None:
+    ``in_channels`` is the number of image channels the first patch embedding reads.
+    """
+
+    def __init__(self, config: MiTConfig, *, drop_path_rate: float = 0.1, in_channels: int = 3) -> None:
         super().__init__()
         total = sum(config.depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear 0 -> rate
-        stages, start, in_channels = [], 0, 3
+        stages, start, channels = [], 0, in_channels
         for i, (hidden, depth) in enumerate(zip(config.hidden_sizes, config.depths)):
-            stages.append(MiTStage(i, in_channels, hidden, rates[start : start + depth]))
-            start, in_channels = start + depth, hidden
+            stages.append(MiTStage(i, channels, hidden, rates[start : start + depth]))
+            start, channels = start + depth, hidden
         self.stages = nn.ModuleList(stages)
         strides = (4, 8, 16, 32)
         self.feature_info = {
@@ -285,20 +288,22 @@ def segformer(
     backbone: MiTVariant = "mit_b0",
     weights: str | None = None,
     drop_path_rate: float = 0.1,
+    in_channels: int = 3,
 ) -> SegFormer:
     """SegFormer on MiT-B0 (3.8M parameters at 150 classes) ... MiT-B5 (84.7M).
 
     ``weights``: a local Hugging Face ``transformers`` checkpoint — a ``.safetensors`` or
     ``.bin`` file or a ``save_pretrained`` folder — of ``SegformerForSemanticSegmentation``
     (the whole model; its class count must be ``num_classes``) or of ``SegformerModel`` /
-    an ImageNet ``nvidia/mit-b*`` encoder (the encoder only; the decoder starts fresh).
+    an ImageNet ``nvidia/mit-b*`` encoder (the encoder only; the decoder starts fresh); its RGB
+    patch embedding is adapted to ``in_channels``.
     ``drop_path_rate``: stochastic depth of the last block (the authors' 0.1).
     """
     check_choice("segformer", "backbone", backbone, get_args(MiTVariant))
     if not 0.0 <= drop_path_rate < 1.0:
         raise ValueError(f"segformer drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
     config = MIT_CONFIGS[backbone]
-    encoder = MixTransformer(config, drop_path_rate=drop_path_rate)
+    encoder = MixTransformer(config, drop_path_rate=drop_path_rate, in_channels=in_channels)
     model = SegFormer(encoder, AllMLPDecoder(config.hidden_sizes, config.decoder_channels, num_classes))
     if weights is not None:
         # Imported here: transformers_compat reads MIT_CONFIGS from this module.

@@ -70,10 +70,10 @@ class SegNet(SegmentationModel):
 class SegNetBasic(SegmentationModel):
     """Four stages of 7x7 conv(64)-BN-ReLU + pool, four of unpool + 7x7 conv(64)-BN, then a 1x1 classifier."""
 
-    def __init__(self, num_classes: int, *, channels: int = 64, depth: int = 4) -> None:
+    def __init__(self, num_classes: int, *, channels: int = 64, depth: int = 4, in_channels: int = 3) -> None:
         super().__init__()
         self.encoder = nn.ModuleList(
-            ConvBNAct(3 if i == 0 else channels, channels, 7) for i in range(depth)
+            ConvBNAct(in_channels if i == 0 else channels, channels, 7) for i in range(depth)
         )
         self.decoder = nn.ModuleList(ConvBNAct(channels, channels, 7, act=None) for _ in range(depth))
         self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
@@ -92,15 +92,15 @@ class SegNetBasic(SegmentationModel):
 
 
 @register_model
-def segnet(*, num_classes: int, backbone_weights: str | None = None) -> SegNet:
+def segnet(*, num_classes: int, backbone_weights: str | None = None, in_channels: int = 3) -> SegNet:
     """SegNet (29.5M parameters at 21 classes). ``backbone_weights``: local ImageNet VGG16-BN weights."""
-    backbone = vgg16_bn()
+    backbone = vgg16_bn(in_channels=in_channels)
     if backbone_weights is not None:
         load_backbone_weights(backbone, backbone_weights)
     return SegNet(backbone, num_classes)
 
 
 @register_model
-def segnet_basic(*, num_classes: int) -> SegNetBasic:
+def segnet_basic(*, num_classes: int, in_channels: int = 3) -> SegNetBasic:
     """SegNet-Basic: 4 + 4 stages of 64-channel 7x7 convolutions (1.4M parameters)."""
-    return SegNetBasic(num_classes)
+    return SegNetBasic(num_classes, in_channels=in_channels)

@@ -39,7 +39,7 @@ def load_torchvision_segmentation(model: nn.Module, weights: str | Path | Mappin
 
     Raises ``ValueError`` naming missing, unexpected and wrongly shaped keys; only
     BatchNorm ``num_batches_tracked`` may be absent, and ``aux_classifier.*`` is ignored
-    when ``model`` has no auxiliary head.
+    when ``model`` has no auxiliary head. The RGB first conv is adapted to the model's ``in_channels``.
     """
     source = str(weights) if isinstance(weights, (str, Path)) else "the state dict"
     state_dict = read_state_dict(weights) if isinstance(weights, (str, Path)) else dict(weights)

@@ -19,7 +19,8 @@ prefix — maps either naming onto semseg's keys. ``SegformerModel`` files lack 
 ImageNet ``classifier.*``, which is dropped. A file with a ``decode_head`` loads into the
 whole model; one without loads into the encoder and leaves the decoder as initialised.
 Loading is strict: a missing, unexpected or wrongly shaped key is a ``ValueError`` listing
-them, with the checkpoint's variant and class count when they differ from the model's.
+them, with the checkpoint's variant and class count when they differ from the model's; only
+the RGB patch embedding of stage 1 is adapted to a model of other ``in_channels``.
 """
 
 from __future__ import annotations

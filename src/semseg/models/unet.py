@@ -163,6 +163,7 @@ def unet(
     depth: int = 4,
     batch_norm: bool = True,
     backbone_weights: str | None = None,
+    in_channels: int = 3,
 ) -> UNet | ResNetUNet:
     """U-Net. ``backbone="none"`` is the paper's encoder (64 -> 1024 channels at the defaults).
 
@@ -177,7 +178,7 @@ def unet(
     if backbone != "none":
         if (base_channels, depth) != (64, 4):
             raise ValueError("unet base_channels and depth shape the original encoder only (backbone='none')")
-        trunk = _RESNETS[backbone]()
+        trunk = _RESNETS[backbone](in_channels=in_channels)
         if backbone_weights is not None:
             load_backbone_weights(trunk, backbone_weights)
         return ResNetUNet(trunk, num_classes, batch_norm=batch_norm)
@@ -185,5 +186,5 @@ def unet(
         raise ValueError("unet backbone_weights needs a ResNet backbone; the original encoder has no ImageNet weights")
     if base_channels < 1 or depth < 1:
         raise ValueError(f"unet needs base_channels >= 1 and depth >= 1, got {base_channels} and {depth}")
-    encoder = UNetEncoder(3, base_channels, depth, batch_norm=batch_norm)
+    encoder = UNetEncoder(in_channels, base_channels, depth, batch_norm=batch_norm)
     return UNet(encoder, num_classes, batch_norm=batch_norm)
