@@ -1,3 +1,6 @@
+import os
+import stat
+
 import pytest
 import torch
 
@@ -15,6 +18,17 @@ def test_round_trip_rebuilds_model_and_metadata(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(model(x), clone(x))
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_checkpoint_gets_the_permissions_of_an_ordinary_file(tmp_path, umask):
+    model = semseg.create_model("unet", num_classes=2, base_channels=4, depth=1)
+    previous = os.umask(umask)
+    try:
+        path = save_weights(model, tmp_path / "m.safetensors")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -68,17 +68,29 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """Call ``write`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write`` on a temporary file beside ``path``, then rename it into place.
+
+    The file gets the permissions an ordinary write would (0666 less the umask), not the
+    owner-only 0600 of ``mkstemp``, so a checkpoint shared on a cluster stays readable.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it, so it is put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class CheckpointError(ValueError):
