@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="segment images and videos: palette masks, overlays, cut-outs, overlay videos")
     pr.add_argument("checkpoint", help="a .safetensors file written by semseg train or demo, or an .onnx / "
                     "OpenVINO .xml file written by semseg export")
-    pr.add_argument("inputs", nargs="+", help="image or video (.mp4 .avi .mov .mkv) files, folders or globs")
+    pr.add_argument("inputs", nargs="+", help="image or video (.mp4 .avi .mov .mkv) files, folders or globs; "
+                    "GeoTIFFs (and TIFFs over --max-pixels) are streamed window by window to label GeoTIFFs, "
+                    "masks/STEM.tif (pip install 'semseg[geo]')")
     pr.add_argument("--out", required=True,
                     help="output folder (masks/, overlays/, cutouts/, probs/, videos/, summary.json)")
     pr.add_argument("--cutout", nargs="+", default=[], metavar="CLASS",
@@ -255,12 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip the colour overlays of images (videos always get their overlay video)")
     pr.add_argument("--probs", action="store_true",
                     help="also write probs/STEM.npy per image: float16 class probabilities of shape "
-                         "(classes, H, W), summing to 1 over classes (images only, not videos)")
+                         "(classes, H, W), summing to 1 over classes (images only, not videos); for a "
+                         "GeoTIFF probs/STEM.tif, one uint8 band per class holding round(255 x p)")
     pr.add_argument("--tile", type=_positive_int,
                     help="sliding-window size (e.g. 512); without it, images over 2048x2048 = 4.2 megapixels "
                          "run in 1024x1024 windows")  # fmt: skip
     pr.add_argument("--max-pixels", type=_positive_int, default=100_000_000,
-                    help="skip images larger than this, width x height, read from the header (default: 100 megapixels)")
+                    help="skip images larger than this, width x height, read from the header (default: 100 "
+                    "megapixels); larger TIFFs are streamed to label GeoTIFFs instead")
     pr.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
     pr.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.75,1,1.25")
     pr.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)

@@ -2,6 +2,8 @@
 
 Images give palette masks, overlays, cut-outs and (on request) class probabilities;
 videos give one overlay video each, written frame by frame at the input's FPS and size.
+GeoTIFFs, and TIFFs over ``max_pixels``, are streamed window by window to label GeoTIFFs
+(:mod:`semseg.inference.raster`), never held whole.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from semseg.data.base import IMAGE_SUFFIXES
 from semseg.inference.pipeline import run_pipeline
 from semseg.inference.predictor import ImageTooLarge, Predictor, to_rgb_array
+from semseg.inference.raster import RasterError, is_streamed, predict_raster
 from semseg.progress import progress_bar
 from semseg.visualize import cutout, overlay, palette_image
 
@@ -76,7 +79,8 @@ def predict_files(
     progress: bool = True,
 ) -> dict:
     """Segment every input; returns a summary. A file that cannot be read, declares more than
-    ``max_pixels`` pixels, or runs out of memory is reported in ``failed`` and skipped.
+    ``max_pixels`` pixels (a TIFF is then streamed instead), or runs out of memory is reported in
+    ``failed`` and skipped.
 
     ``overlays``, ``cutout_classes`` and ``probs`` apply to images; a video always gives its
     overlay video, since that is its only output.
@@ -92,6 +96,14 @@ def predict_files(
     names = output_names(images)
     written = {}
     for path in progress_bar(images, desc="predict", enabled=progress):
+        try:
+            if is_streamed(path, max_pixels):
+                _predict_raster(predictor, path, out, names[path], probs=probs)
+                written[str(path)] = f"{names[path]}.tif"
+                continue
+        except (ImportError, RasterError) as exc:
+            failed[str(path)] = str(exc)
+            continue
         try:
             image = to_rgb_array(path, max_pixels=max_pixels)
         except ImageTooLarge as exc:
@@ -130,6 +142,13 @@ def _target(out: Path, folder: str, filename: str, source: Path) -> Path:
         raise ValueError(f"refusing to overwrite the input {source}; choose another --out")
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
+
+
+def _predict_raster(predictor: Predictor, path: Path, out: Path, name: str, *, probs: bool) -> None:
+    """Stream the GeoTIFF ``path`` to ``masks/<name>.tif`` (and ``probs/<name>.tif``): the whole image is
+    never in memory, so there are no overlays or cut-outs."""
+    probs_target = _target(out, "probs", f"{name}.tif", path) if probs else None
+    predict_raster(predictor, path, _target(out, "masks", f"{name}.tif", path), probs_target=probs_target)
 
 
 def _predict_image(

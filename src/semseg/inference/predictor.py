@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,6 +25,9 @@ from semseg.inference.backends import load_backend
 from semseg.pretrained import resolve_checkpoint
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
+# read(top, left, rows, cols) -> (rows, cols, 3) uint8 RGB: one window of an image, in memory or in a file
+WindowReader = Callable[[int, int, int, int], np.ndarray]
+Block = tuple[np.ndarray, int, int]  # (C, rows, cols) float32 probabilities, and their top and left
 MIN_SIZE = 32  # every semseg model accepts inputs from 32x32 up
 # Whole-image inference costs memory in proportion to the pixels (LR-ASPP on a 4000x4000 image: 3.1 GB
 # peak in `semseg serve`). Above MAX_WHOLE_PIXELS (Cityscapes' 2048x1024 stays whole), images run in
@@ -181,13 +184,20 @@ class Predictor:
             # softmax saves about 40% of LR-ASPP's time per 360x480 image on a CPU.
             # (max().indices: torch's argmax over the channel dim of an NCHW tensor is ~6x slower)
             return self.model(self._tensor(rgb))[0].max(0).indices.to(torch.uint8).cpu().numpy()
-        labels, kept = [], []
-        for band in self._probability_bands(rgb):
-            labels.append(band.argmax(0).astype(np.uint8))
-            if return_probs:  # otherwise each band is dropped once labelled: memory stays bounded by one band
-                kept.append(band)
-        labels = np.concatenate(labels, axis=0)
-        return (labels, np.concatenate(kept, axis=1)) if return_probs else labels
+        h, w = rgb.shape[:2]
+        labels = np.empty((h, w), dtype=np.uint8)
+        # Without return_probs each block is dropped once labelled: memory stays bounded by the windows
+        probs = np.empty((len(self.classes), h, w), dtype=np.float32) if return_probs else None
+
+        def window(top: int, left: int, rows: int, cols: int) -> np.ndarray:
+            return rgb[top : top + rows, left : left + cols]
+
+        for block, top, left in self.probability_blocks(h, w, window):
+            rows, cols = block.shape[1:]
+            labels[top : top + rows, left : left + cols] = block.argmax(0)
+            if probs is not None:
+                probs[:, top : top + rows, left : left + cols] = block
+        return (labels, probs) if probs is not None else labels
 
     def predict_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """Label maps of several images (any mix of sizes and kinds)."""
@@ -208,14 +218,20 @@ class Predictor:
         whole = self._tile_for(h, w) is None
         return whole and min(h, w) >= MIN_SIZE and self.scales == (1.0,) and not self.flip
 
-    def _probability_bands(self, rgb: np.ndarray) -> Iterator[np.ndarray]:
-        """``(C, rows, W)`` probabilities, top to bottom: the whole image at once, or tile-row bands."""
-        tile = self._tile_for(*rgb.shape[:2])
+    @torch.inference_mode()
+    def probability_blocks(self, height: int, width: int, read: WindowReader) -> Iterator[Block]:
+        """Class probabilities of a ``height x width`` image that ``read(top, left, rows, cols)`` gives a
+        window at a time as ``(rows, cols, 3)`` uint8 RGB: finished ``((C, rows, cols), top, left)`` blocks,
+        left to right along bands of rows, bands top to bottom.
+
+        The image is read whole or in the sliding window's windows, never more, so a caller that reads
+        windows from a file (:mod:`semseg.inference.raster`) never holds the whole image.
+        """
+        tile = self._tile_for(height, width)
         if tile is None:
-            yield self._whole(self._tensor(rgb))[0].cpu().float().numpy()
+            yield self._whole(self._tensor(read(0, 0, height, width)))[0].cpu().float().numpy(), 0, 0
         else:
-            for band, _ in self._tiled(rgb, tile):
-                yield band
+            yield from self._tiled(height, width, tile, read)
 
     def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
         return model_input(rgb, self.mean, self.std)
@@ -236,35 +252,49 @@ class Predictor:
                 total = probs if total is None else total + probs
         return total / (len(self.scales) * (2 if self.flip else 1))
 
-    def _tiled(self, rgb: np.ndarray, tile: int) -> Iterator[tuple[np.ndarray, int]]:
-        """Finished rows of the probability map, a band at a time: ``((C, rows, W), first_row)``.
+    def _tiled(self, h: int, w: int, tile: int, read: WindowReader) -> Iterator[Block]:
+        """Sliding-window probabilities, overlaps blended with tent weights, as finished blocks.
 
-        Only one band of ``tile`` rows is held, so memory grows with the width, never the height.
+        Windows run left to right along a band of rows. After each one, the columns left of the next
+        window are final for the rows the next band does not share: they leave as a block, and the shared
+        rows' sums are carried to the next band. What is held is those carried rows (``tile - stride``
+        rows of the full width; up to ``tile - 1`` before a last band flush with the bottom) and one
+        window's columns, so memory grows with the width, never the height.
         """
-        h, w = rgb.shape[:2]
         stride = max(1, int(tile * (1 - self.overlap)))
-        tops = _starts(h, tile, stride)
-        lefts = _starts(w, tile, stride)
+        tops, lefts = _starts(h, tile, stride), _starts(w, tile, stride)
         weight = _tent(min(tile, h), min(tile, w), self.device)
-        acc = band_weight = None
-        prev_end = 0  # one past the last row of the previous band
-        for k, top in enumerate(tops):
-            rows = min(tile, h - top)
-            acc_new = torch.zeros(len(self.classes), rows, w, device=self.device)
-            wsum_new = torch.zeros(rows, w, device=self.device)
-            shared = prev_end - top  # rows the previous band shares with this one (none when overlap=0)
-            if shared > 0:
-                acc_new[:, :shared], wsum_new[:shared] = acc[:, -shared:], band_weight[-shared:]
-            acc, band_weight = acc_new, wsum_new
-            for left in lefts:
-                cols = min(tile, w - left)
-                window = self._tensor(rgb[top : top + rows, left : left + cols])
-                tw = weight[:rows, :cols]
-                acc[:, :, left : left + cols] += self._whole(window)[0] * tw
-                band_weight[:, left : left + cols] += tw
-            done = rows if k == len(tops) - 1 else tops[k + 1] - top
-            prev_end = top + rows
-            yield (acc[:, :done] / band_weight[:done]).cpu().numpy(), top
+        ends = [*tops[1:], h]  # rows above the next band's top are final once a band is done
+        carried = [min(tile, h - top) - (end - top) for top, end in zip(tops, ends)]
+        # Weighted probability sums with the weight sum as an extra channel; one buffer serves every band.
+        store = torch.empty(len(self.classes) + 1, max(carried), w, device=self.device)
+        shared = 0
+        for top, end, rows_out in zip(tops, ends, carried):
+            yield from self._band(read, top, end - top, lefts, weight, store[:, :shared], store[:, :rows_out])
+            shared = rows_out
+
+    def _band(self, read: WindowReader, top: int, done: int, lefts: list[int], weight: torch.Tensor,
+              carry: torch.Tensor, out: torch.Tensor) -> Iterator[Block]:  # fmt: skip
+        """The band of windows at ``top``: blocks of its first ``done`` rows, and into ``out`` the sums of
+        the rows below them. ``carry`` holds the sums the previous band left for this band's first rows.
+        The two may share memory: a column of ``out`` is written only after that of ``carry`` was read."""
+        rows, w = weight.shape[0], carry.shape[2]
+        buf = carry.new_zeros(carry.shape[0], rows, 0)  # sums of columns start .. start + buf.shape[2]
+        start = 0
+        for j, left in enumerate(lefts):
+            cols = min(weight.shape[1], w - left)
+            end, have = left + cols, start + buf.shape[2]  # every window reaches further right than the last
+            fresh = carry.new_zeros(carry.shape[0], rows, end - have)  # its new columns start from the carry
+            fresh[:, : carry.shape[1]] = carry[:, :, have:end]
+            buf = torch.cat([buf, fresh], dim=2)
+            tw = weight[:, :cols]
+            buf[:-1, :, left - start : end - start] += self._whole(self._tensor(read(top, left, rows, cols)))[0] * tw
+            buf[-1, :, left - start : end - start] += tw
+            final = lefts[j + 1] if j + 1 < len(lefts) else w  # no later window reaches the columns before it
+            n = final - start
+            yield (buf[:-1, :done, :n] / buf[-1, :done, :n]).cpu().numpy(), top, start
+            out[:, :, start:final] = buf[:, done:, :n]
+            buf, start = buf[:, :, n:], final
 
 
 def _starts(size: int, tile: int, stride: int) -> list[int]:
