@@ -1,11 +1,12 @@
-"""int8 against fp32 in ONNX Runtime: latency of `semseg export` and `semseg export --int8` files.
+"""int8 against fp32, in ONNX Runtime and in OpenVINO: latency of `semseg export` files.
 
     python benchmarks/int8_speed.py --calibration "../shared/data/camvid/train/*.png"
 
-For each model (random weights, 11 classes): exports fp32 and int8 (calibrated on the
-first 8 images) to a temporary folder, then times one 360x480 image, batch 1 (median of
-3 after a warm-up). Prints a markdown row per model. Accuracy needs trained weights:
-measure it with `semseg evaluate FILE.onnx --backend onnxruntime`.
+For each model (random weights, 11 classes): exports fp32 ONNX and OpenVINO IR, an int8
+ONNX (ONNX Runtime's static quantizer) and an int8 IR (NNCF), each int8 file calibrated on
+the first 8 images, then times one 360x480 image, batch 1, in each engine (median of
+``--repeats`` after a warm-up). Prints a markdown row per model. Accuracy needs trained
+weights: measure it with `semseg evaluate FILE`.
 """
 
 from __future__ import annotations
@@ -17,22 +18,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import torch
 
 import semseg
 from semseg.engine.checkpoint import save_weights
+from semseg.inference.backends import Backend, OnnxRuntimeModel, OpenVinoModel
 from semseg.inference.export import export
-from semseg.inference.quantize import export_int8
+from semseg.inference.quantize import export_int8, export_int8_openvino
 
 
-def median_ms(session: ort.InferenceSession, x: np.ndarray, repeats: int = 3) -> float:
-    session.run(None, {"image": x})
+def median_ms(model: Backend, x: torch.Tensor, repeats: int) -> float:
+    model(x)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        session.run(None, {"image": x})
+        model(x)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
 
@@ -41,10 +41,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calibration", required=True, help="glob of calibration images")
     parser.add_argument("--models", nargs="*", default=["deeplabv3", "fcn", "pspnet", "deeplabv3plus", "unet", "lraspp"])
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     calibration = sorted(glob.glob(args.calibration))[:8]
-    x = np.random.default_rng(0).standard_normal((1, 3, 360, 480)).astype(np.float32)
-    print("| model | ORT fp32 (ms) | ORT int8 (ms) | int8 vs fp32 |\n|---|---:|---:|---:|")
+    x = torch.randn(1, 3, 360, 480, generator=torch.Generator().manual_seed(0))
+    print("| model | ORT fp32 (ms) | ORT int8 (ms) | ORT int8 speed-up | OpenVINO fp32 (ms) | OpenVINO int8 (ms) "
+          "| OpenVINO int8 speed-up |\n|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             torch.manual_seed(0)
@@ -52,11 +54,15 @@ def main() -> None:
             checkpoint = save_weights(model, Path(tmp) / f"{name}.safetensors", classes=[str(i) for i in range(11)],
                                       palette=[[i, i, i] for i in range(11)], mean=[0.485, 0.456, 0.406],
                                       std=[0.229, 0.224, 0.225])  # fmt: skip
-            fp32, int8 = Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}.int8.onnx"
-            export(checkpoint, fp32, check_sizes=((64, 64),))
-            export_int8(checkpoint, int8, calibration, min_agreement=0)
-            a, b = (median_ms(ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]), x) for p in (fp32, int8))
-            print(f"| {name} | {a:.0f} | {b:.0f} | {a / b:.2f}x |", flush=True)
+            files = {k: Path(tmp) / f"{name}{k}" for k in (".onnx", ".int8.onnx", ".xml", ".int8.xml")}
+            export(checkpoint, files[".onnx"], check_sizes=((64, 64),))
+            export(checkpoint, files[".xml"], fmt="openvino", check_sizes=((64, 64),))
+            export_int8(checkpoint, files[".int8.onnx"], calibration, min_agreement=0)
+            export_int8_openvino(checkpoint, files[".int8.xml"], calibration, min_agreement=0)
+            ort32, ort8 = (median_ms(OnnxRuntimeModel(files[k]), x, args.repeats) for k in (".onnx", ".int8.onnx"))
+            ov32, ov8 = (median_ms(OpenVinoModel(files[k]), x, args.repeats) for k in (".xml", ".int8.xml"))
+            print(f"| {name} | {ort32:.0f} | {ort8:.0f} | {ort32 / ort8:.2f}x | {ov32:.0f} | {ov8:.0f} "
+                  f"| {ov32 / ov8:.2f}x |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

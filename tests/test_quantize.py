@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ import semseg
 from semseg.cli import main
 from semseg.engine.checkpoint import save_weights
 from semseg.inference.predictor import Predictor
-from semseg.inference.quantize import calibration_batches, export_int8
+from semseg.inference.quantize import calibration_batches, export_int8, export_int8_openvino, label_agreement
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -48,7 +49,7 @@ def test_calibration_batches_are_normalised_like_the_predictor(images):
 def test_int8_export_keeps_metadata_and_runs_in_the_predictor(checkpoint, images, tmp_path):
     out = tmp_path / "m.int8.onnx"
     result = export_int8(checkpoint, out, images, min_agreement=0.0)
-    assert result["max_abs_diff_fp32"] <= 1e-3 and 0.0 <= result["label_agreement"] <= 1.0
+    assert result["max_abs_diff_fp32"] <= 1e-3 and result["label_agreement"] > 0.5
     proto = onnx.load(str(out))
     ops = {node.op_type for node in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantized, not a copy of the fp32 graph
@@ -61,9 +62,40 @@ def test_int8_export_keeps_metadata_and_runs_in_the_predictor(checkpoint, images
     assert (labels == fp32).mean() > 0.5  # int8 tracks fp32; the exact share is reported by the export
 
 
+def test_label_agreement_is_the_share_of_pixels_with_the_same_argmax():
+    reference = lambda x: torch.stack([x[:, 0], -x[:, 0]], 1)  # noqa: E731  class 0 where channel 0 > 0
+    candidate = lambda x: torch.stack([x[:, 0] - 0.5, -x[:, 0]], 1)  # noqa: E731  class 1 where it is < 0.25
+    x = np.linspace(-1, 1, 2 * 3 * 4 * 10, dtype=np.float32).reshape(2, 3, 4, 10)
+    a = (x[:, 0] > 0).astype(int)
+    b = (x[:, 0] - 0.5 > -x[:, 0]).astype(int)
+    assert label_agreement(reference, candidate, [x]) == pytest.approx((a == b).mean())
+    assert 0.0 < label_agreement(reference, candidate, [x]) < 1.0
+    assert label_agreement(reference, reference, [x, x]) == 1.0
+
+
 def test_int8_export_refuses_when_labels_disagree_too_often(checkpoint, images, tmp_path):
-    with pytest.raises(ValueError, match=r"on only \d+\.\d% of the calibration pixels \(< 101%\)"):
+    with pytest.raises(ValueError, match=r"on only \d+\.\d% of the calibration pixels \(< 101%\), so .* was not kept"):
         export_int8(checkpoint, tmp_path / "m.onnx", images, min_agreement=1.01)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_openvino_int8_export_is_quantized_keeps_metadata_and_runs(checkpoint, images, tmp_path):
+    pytest.importorskip("nncf")
+    ov = pytest.importorskip("openvino")
+    result = export_int8_openvino(checkpoint, tmp_path / "ir", images, min_agreement=0.0)
+    out = tmp_path / "ir" / "m.xml"
+    assert result["path"] == str(out) and out.is_file() and out.with_suffix(".bin").is_file()
+    assert result["max_abs_diff_fp32"] <= 1e-3 and result["label_agreement"] > 0.5
+    model = ov.Core().read_model(str(out))
+    assert "FakeQuantize" in {op.get_type_name() for op in model.get_ops()}  # int8, not the fp32 graph
+    assert json.loads(model.get_rt_info(["semseg", "quantized"]).astype(str)) == "int8"
+    predictor = Predictor.from_checkpoint(out, backend="openvino")
+    assert predictor.classes == ["a", "b", "c"]
+    labels = predictor(images[0])
+    assert labels.shape == (48, 64) and (labels == Predictor.from_checkpoint(checkpoint)(images[0])).mean() > 0.5
+    with pytest.raises(ValueError, match="was not kept"):
+        export_int8_openvino(checkpoint, tmp_path / "bad.xml", images, min_agreement=1.01)
+    assert not (tmp_path / "bad.xml").exists() and not (tmp_path / "bad.bin").exists()
 
 
 def test_cli_int8_export_and_its_errors(checkpoint, images, tmp_path, capsys):
@@ -71,8 +103,12 @@ def test_cli_int8_export_and_its_errors(checkpoint, images, tmp_path, capsys):
     assert main(["export", str(checkpoint), "--out", str(out), "--int8", str(images[0].parent),
                  "--min-agreement", "0"]) == 0  # fmt: skip
     assert "int8, calibrated on 4 images" in capsys.readouterr().out and out.is_file()
+    if importlib.util.find_spec("nncf"):
+        assert main(["export", str(checkpoint), "--format", "openvino", "--out", str(tmp_path / "ov"),
+                     "--int8", str(images[0].parent), "--min-agreement", "0"]) == 0  # fmt: skip
+        assert f"wrote {tmp_path / 'ov' / 'm.xml'} (int8, calibrated on 4 images)" in capsys.readouterr().out
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.pt"), "--format", "torchscript",
                  "--int8", str(images[0])]) == 1  # fmt: skip
-    assert "--int8 applies to --format onnx only" in capsys.readouterr().err
+    assert "--int8 applies to --format onnx (ONNX Runtime) and --format openvino (NNCF) only" in capsys.readouterr().err
     assert main(["export", str(checkpoint), "--out", str(out), "--int8", str(tmp_path / "none" / "*.png")]) == 1
     assert "no calibration images" in capsys.readouterr().err

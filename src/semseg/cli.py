@@ -96,18 +96,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from semseg.inference.export import export, openvino_path
 
     if args.int8:
-        if args.format != "onnx":
-            raise ValueError("--int8 applies to --format onnx only")
+        if args.format not in ("onnx", "openvino"):
+            raise ValueError("--int8 applies to --format onnx (ONNX Runtime) and --format openvino (NNCF) only")
         from semseg.inference.predict import expand_inputs, is_video
-        from semseg.inference.quantize import export_int8
+        from semseg.inference.quantize import export_int8, export_int8_openvino
 
         found, missing = expand_inputs(args.int8)
         images = [path for path in found if not is_video(path)]
         if missing:
             raise FileNotFoundError(f"no calibration images at {', '.join(missing)}")
-        result = export_int8(args.checkpoint, args.out, images[: args.calibration_count],
-                             min_agreement=args.min_agreement)  # fmt: skip
-        print(f"wrote {args.out} (int8, calibrated on {min(len(images), args.calibration_count)} images); fp32 parity "
+        quantize = export_int8_openvino if args.format == "openvino" else export_int8
+        result = quantize(args.checkpoint, args.out, images[: args.calibration_count], min_agreement=args.min_agreement)
+        written = openvino_path(args.checkpoint, args.out) if args.format == "openvino" else args.out
+        print(f"wrote {written} (int8, calibrated on {min(len(images), args.calibration_count)} images); fp32 parity "
               f"max abs diff {result['max_abs_diff_fp32']:.2e}; int8 labels agree with fp32 on "
               f"{result['label_agreement']:.2%} of calibration pixels")  # fmt: skip
         return 0
@@ -279,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True,
                     help="output file (.onnx, .pt; openvino: FILE.xml, or a folder for CHECKPOINT_STEM.xml + .bin)")
     ex.add_argument("--int8", nargs="+", metavar="IMAGES",
-                    help="quantize to int8 (ONNX Runtime, static), calibrated on these images, folders or globs")
+                    help="quantize to int8, calibrated on these images, folders or globs: static ONNX Runtime "
+                    "quantization for --format onnx, NNCF for --format openvino (pip install 'semseg[openvino-int8]')")
     ex.add_argument("--calibration-count", type=_positive_int, default=32, help="calibration images used (default: 32)")
     ex.add_argument("--min-agreement", type=float, default=0.95,
                     help="fail when int8 and fp32 labels agree on fewer calibration pixels (default: 0.95)")
