@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from semseg.allocator import keep_freed_memory
 from semseg.config import load_config
 from semseg.engine.train import TrainForward, training_loss
 from semseg.engine.trainer import build_loss, build_optimizer
@@ -26,7 +27,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     parser.add_argument("--num-classes", type=int, default=11)
     parser.add_argument("--channels-last", action="store_true", help="NHWC model and batch (the trainer's default)")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="tune glibc's allocator as `semseg train` does (semseg.allocator)")
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     config = load_config(args.config)
     torch.manual_seed(0)
     model = create_model(config.model.name, num_classes=args.num_classes, **config.model.options)
@@ -45,7 +50,9 @@ def main() -> None:
         optimizer.step()
     rate = n * args.steps / (time.perf_counter() - start)
     layout = "channels_last" if args.channels_last else "NCHW"
-    print(f"{config.model.name} {h}x{w} batch {n} {layout}, {torch.get_num_threads()} threads: {rate:.2f} images/s")
+    allocator = ", allocator tuned" if args.keep_freed_memory else ""
+    print(f"{config.model.name} {h}x{w} batch {n} {layout}{allocator}, {torch.get_num_threads()} threads: "
+          f"{rate:.2f} images/s")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ timed over ``--steps`` optimizer steps (after 2 warm-up steps), data loading inc
   ``loss.backward(); optimizer.step()`` — in PyTorch's default memory format;
 * ``plain channels_last``: the same loop with model and batches in channels_last.
 
+Each measurement runs in a fresh process, as ``semseg train`` does, so that process-wide
+settings count where they belong: the semseg process tunes glibc's allocator as the
+``train`` command does (:mod:`semseg.allocator`); the plain loops get Python's defaults.
 Rounds alternate the three so that drift on a shared machine hits them alike; the best
 round of each is reported, with the ratios semseg / plain.
 """
@@ -19,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import subprocess
+import sys
 import time
 
 import torch
 from torch.utils.data import DataLoader
 
+from semseg.allocator import keep_freed_memory
 from semseg.config import load_config
 from semseg.engine.datasets import build_datasets
 from semseg.engine.train import TrainForward, train_one_epoch, training_loss
@@ -31,6 +37,7 @@ from semseg.engine.trainer import build_loss, build_optimizer
 from semseg.registry import create_model
 
 WARMUP = 2
+WAYS = ("semseg", "plain NCHW", "plain channels_last")
 
 
 def _loader(dataset, config, seed: int) -> DataLoader:
@@ -76,28 +83,35 @@ def plain_loop(config, data, steps: int, *, channels_last: bool) -> float:
     return steps * config.data.batch_size / (time.perf_counter() - start)
 
 
+def measure(config_path: str, overrides: list[str], name: str, steps: int) -> float:
+    """images/s of one way of training, in this process."""
+    if name == "semseg":
+        keep_freed_memory()
+        config = load_config(config_path, overrides)
+        return semseg_step(config, build_datasets(config), steps)
+    config = load_config(config_path, [*overrides, "data.cache=false"])  # a plain loop decodes every epoch
+    return plain_loop(config, build_datasets(config), steps, channels_last=name == "plain channels_last")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. data.cache=true (no leading --)")
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per measurement")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", choices=WAYS, help=argparse.SUPPRESS)  # one measurement (the child process)
     args = parser.parse_args()
-    config = load_config(args.config, args.overrides)
-    data = build_datasets(config)
-    plain_config = load_config(args.config, [*args.overrides, "data.cache=false"])
-    plain_data = build_datasets(plain_config)  # a plain loop decodes every epoch
-    runs = {
-        "semseg": lambda: semseg_step(config, data, args.steps),
-        "plain NCHW": lambda: plain_loop(plain_config, plain_data, args.steps, channels_last=False),
-        "plain channels_last": lambda: plain_loop(plain_config, plain_data, args.steps, channels_last=True),
-    }
-    best = {name: 0.0 for name in runs}
+    if args.only:
+        print(measure(args.config, args.overrides, args.only, args.steps))
+        return
+    best = {name: 0.0 for name in WAYS}
     for r in range(args.rounds):
-        for name, run in runs.items():
-            rate = run()
+        for name in WAYS:
+            child = [sys.executable, __file__, args.config, *args.overrides, "--steps", str(args.steps), "--only", name]
+            rate = float(subprocess.run(child, check=True, capture_output=True, text=True).stdout.split()[-1])
             best[name] = max(best[name], rate)
             print(f"round {r + 1} {name:<20} {rate:6.2f} images/s", flush=True)
+    config = load_config(args.config, args.overrides)
     h, w = config.data.crop_size or ("full", "size")
     print(f"\n{config.model.name} {h}x{w} batch {config.data.batch_size}, {config.data.workers} workers, "
           f"{torch.get_num_threads()} threads, cache={config.data.cache}, channels_last={config.channels_last}")

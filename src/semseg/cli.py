@@ -48,10 +48,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from semseg.allocator import keep_freed_memory
     from semseg.config import load_config
     from semseg.engine.trainer import fit
 
     config = load_config(args.config, args.overrides)
+    keep_freed_memory()
     result = fit(config, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after,
                  progress=not args.quiet)
     if result["history"]:

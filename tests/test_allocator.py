@@ -1,0 +1,28 @@
+"""semseg train keeps freed memory in the process (glibc trim threshold / top pad)."""
+
+import platform
+
+import pytest
+
+import semseg.allocator as allocator
+import semseg.engine.trainer as trainer
+from semseg.cli import main
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_glibc_accepts_the_settings():
+    assert allocator.keep_freed_memory() is True
+
+
+@pytest.mark.parametrize("variable", ["MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"])
+def test_an_explicit_setting_wins(monkeypatch, variable):
+    monkeypatch.setenv(variable, "131072")
+    assert allocator.keep_freed_memory() is False
+
+
+def test_train_applies_it_before_training(monkeypatch):
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("allocator") or True)
+    monkeypatch.setattr(trainer, "fit", lambda config, **kw: calls.append("fit") or {"history": []})
+    assert main(["train", "configs/unet_camvid.yaml"]) == 0
+    assert calls == ["allocator", "fit"]
