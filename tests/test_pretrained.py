@@ -1,0 +1,69 @@
+"""The models shipped inside the package: listed, loadable by name, and what index.json says they are."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semseg.cli import main
+from semseg.data import camvid
+from semseg.engine.checkpoint import load_model, read_metadata
+from semseg.inference.predictor import Predictor
+from semseg.pretrained import _DIR, list_pretrained
+
+SHIPPED = list_pretrained()
+REPO = Path(__file__).resolve().parents[1]
+REAL_CAMVID = REPO / ".." / "shared" / "data" / "camvid"
+SIZE_LIMIT = 10 * 2**20  # issue 11: small enough to ship inside a wheel
+
+
+def test_the_package_ships_a_camvid_model():
+    assert "camvid-ddrnet_23_slim" in {m.name for m in SHIPPED}
+
+
+@pytest.mark.parametrize("model", SHIPPED, ids=lambda m: m.name)
+def test_a_shipped_model_is_what_its_index_entry_says(model):
+    assert model.path.parent == _DIR and model.path.is_file()
+    meta = read_metadata(model.name)
+    assert meta["model_config"]["name"] == model.architecture and meta["classes"] == list(model.classes)
+    assert meta["model_config"].get("aux") is not True  # the training-only head is not shipped
+    with open(model.path, "rb") as f:  # safetensors: 8-byte header length, then the JSON header
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+    assert dtypes <= {"F16", "I64"}, dtypes  # fp16 weights (integer BatchNorm counters aside)
+    assert 0.0 < model.val_mIoU < 1.0 and model.command.startswith("semseg train configs/")
+    assert (REPO / model.card).is_file()
+
+
+@pytest.mark.parametrize("model", SHIPPED, ids=lambda m: m.name)
+def test_a_shipped_model_runs_by_name(model, tmp_path, capsys):
+    assert main(["pretrained"]) == 0
+    assert f"{model.name}: {model.architecture} on {model.dataset}" in capsys.readouterr().out
+    net, _ = load_model(model.name)
+    assert {p.dtype for p in net.parameters()} == {torch.float32}  # fp16 on disk, cast to float32 to run
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    labels = Predictor.from_pretrained(model.name, backend="torch")(image)
+    assert labels.shape == (90, 120) and labels.max() < len(model.classes)
+    Image.fromarray(image).save(tmp_path / "street.png")
+    assert main(["predict", model.name, str(tmp_path / "street.png"), "--out", str(tmp_path / "out"),
+                 "--backend", "torch", "--quiet"]) == 0  # fmt: skip
+    assert np.array_equal(np.array(Image.open(tmp_path / "out" / "masks" / "street.png")), labels)
+
+
+@pytest.mark.skipif(not REAL_CAMVID.is_dir(), reason="needs ../shared/data/camvid (the project's data folder)")
+def test_the_camvid_model_segments_a_real_street():
+    """On a CamVid val frame the shipped model must be a trained model, not random weights."""
+    from semseg.engine.datasets import open_dataset
+
+    data = open_dataset("camvid", "val", root=str(REAL_CAMVID))
+    image, truth = data.raw(0)
+    labels = Predictor.from_pretrained("camvid-ddrnet_23_slim", backend="torch")(image)
+    valid = truth != 255
+    assert (labels[valid] == truth[valid]).mean() > 0.7  # 0.79 shipped; random weights: ~0.1
+    assert labels.max() < len(camvid.CLASSES)
