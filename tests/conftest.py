@@ -10,6 +10,10 @@ import torch
 
 from semseg.data.synthetic import ShapesConfig, SyntheticShapes
 
+# The CLI's `train` tunes glibc's allocator for the whole process (semseg.allocator); the suite
+# runs hundreds of tests in one process, so it keeps glibc's defaults (an explicit setting wins).
+os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(128 * 1024))
+
 
 @pytest.fixture(autouse=True)
 def _deterministic() -> Iterator[None]:

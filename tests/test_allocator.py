@@ -1,6 +1,9 @@
 """semseg train keeps freed memory in the process (glibc trim threshold / top pad)."""
 
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +14,11 @@ from semseg.cli import main
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_glibc_accepts_the_settings():
-    assert allocator.keep_freed_memory() is True
+    # In a child process: the suite's own process keeps glibc's defaults (tests/conftest.py).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    code = "from semseg.allocator import keep_freed_memory; print(keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
 
 
 @pytest.mark.parametrize("variable", ["MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"])
