@@ -21,8 +21,11 @@ def demo_run(tmp_path_factory):
 def test_writes_every_output(demo_run):
     out, _ = demo_run
     assert sorted(p.name for p in out.iterdir()) == [
-        "curves.png", "masks", "metrics.json", "model.safetensors", "side_by_side",
+        "curves.png", "masks", "metrics.json", "model.safetensors", "side_by_side", "train",
     ]
+    # The run folder is what `semseg train` writes; the shipped model is its last epoch.
+    assert {"last.safetensors", "log.jsonl", "curves.png"} <= {p.name for p in (out / "train").iterdir()}
+    assert (out / "model.safetensors").read_bytes() == (out / "train" / "last.safetensors").read_bytes()
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["000.png", "001.png", "002.png"]
     assert len(list((out / "side_by_side").iterdir())) == 3
 
@@ -68,12 +71,12 @@ def test_same_seed_same_result(tmp_path):
 
 
 def test_training_learns_on_a_short_run(tmp_path):
-    # 2,000 images seen: far from the demo's 0.87, but clearly past the trivial
-    # "everything is background" answer, whose mIoU is background's pixel share / 5.
+    # 2,000 images seen (augmented with turns and flips): far from the demo's 0.87, but clearly
+    # past the trivial "everything is background" answer, whose mIoU is background's pixel share / 5.
     config = DemoConfig(epochs=4, train_size=512, val_size=32, predict_size=1, batch_size=32, base_channels=8)
     result = run_demo(tmp_path, config, progress=False)
     losses = [h["train_loss"] for h in result["history"]]
     assert losses[-1] < 0.6 * losses[0], losses
     val = SyntheticShapes.split("val", 32, seed=config.seed)
     background = np.mean([(val.raw(i)[1] == 0).mean() for i in range(len(val))])
-    assert result["mIoU"] > background / len(CLASSES) + 0.1, (result["mIoU"], background)
+    assert result["mIoU"] > background / len(CLASSES) + 0.05, (result["mIoU"], background)

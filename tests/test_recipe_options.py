@@ -101,6 +101,7 @@ def test_cache_is_refused_above_its_memory_bound(tmp_path):
         ("model.options={base_channel: 4}", "model.options: unknown option.* base_channel for model 'unet'"),
         ("data.options={train_size: 16, bogus: 1}", "unknown data.options bogus"),
         ("loss.name=focal", None),
+        ('data.options={train_size: 16, augment: "false"}', "data.options.augment for shapes must be bool, got 'false'"),
         ("loss.options={gama: 1}", "unknown option.* loss.options.gama for loss 'ce'"),
     ],
 )
@@ -112,6 +113,26 @@ def test_options_are_checked_before_training(recipe, tmp_path, capsys, override,
         return
     assert code == 1 and err.count("\n") == 0, err
     assert re.search(message, err), err
+
+
+def test_shapes_cache_and_augment(recipe):
+    plain = build_datasets(load_config(recipe))
+    config = load_config(recipe, ["data.cache=true", "data.options={train_size: 16, val_size: 4, size: 32, augment: true}"])
+    data = build_datasets(config)
+    assert data.train._generated is not None and data.val._generated is not None
+    # The cache holds the generator's samples; val is never augmented.
+    torch.testing.assert_close(data.val[1], plain.val[1], rtol=0, atol=0)
+    x, y = data.train[3]
+    image, mask = plain.train.raw(3)
+    # Each augmented sample is one of the 8 turns/flips of the generated one, and only that.
+    views = [(np.rot90(m, k), np.rot90(m, k)[:, ::-1]) for m in [mask] for k in range(4)]
+    assert any(np.array_equal(y.numpy(), v) for pair in views for v in pair)
+    assert x.shape == (3, 32, 32) and y.dtype == torch.long
+    data.train.transform.reseed(7)
+    first = [data.train[i][1] for i in range(16)]
+    data.train.transform.reseed(7)
+    assert all(torch.equal(a, data.train[i][1]) for i, a in enumerate(first))
+    assert not all(torch.equal(a, plain.train[i][1]) for i, a in enumerate(first))
 
 
 def test_dataset_options_are_checked_against_the_dataset(tmp_path):

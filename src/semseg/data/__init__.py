@@ -22,6 +22,7 @@ from semseg.data.transforms import (
     Normalize,
     RandomCrop,
     RandomHorizontalFlip,
+    RandomQuarterTurn,
     RandomScale,
     Resize,
     eval_transforms,

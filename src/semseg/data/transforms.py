@@ -162,6 +162,15 @@ class RandomHorizontalFlip:
         return image, mask
 
 
+class RandomQuarterTurn:
+    """Rotate by a random multiple of 90 degrees (0, 90, 180 or 270; only 0 or 180 for a non-square pair,
+    so every sample keeps its size and batches still stack). For data with no "up", e.g. the shapes."""
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+        k = int(rng.integers(4)) if image.shape[0] == image.shape[1] else 2 * int(rng.integers(2))
+        return np.rot90(image, k), np.rot90(mask, k)
+
+
 class ColorJitter:
     """Random brightness, contrast, saturation (factors in ``1 +- value``) and hue shift (``+- hue`` turns).
 

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from semseg.config import ConfigError, TrainConfig
 from semseg.data import ADE20K, CamVid, Cityscapes, FolderDataset, SyntheticShapes, VOCSegmentation
+from semseg.data import Compose, Normalize, RandomHorizontalFlip, RandomQuarterTurn
 from semseg.data import eval_transforms, load_description, train_transforms
 from semseg.data.synthetic import ShapesConfig
 from semseg.typecheck import OptionError, check_options
@@ -65,9 +66,7 @@ def build_datasets(config: TrainConfig) -> DatasetBundle:
     """``data.dataset`` is "shapes" (built in), "folder", a named format, or a description YAML's path."""
     data = config.data
     if data.dataset == "shapes":
-        if data.cache:
-            raise ConfigError("data.cache: the shapes dataset is generated in memory already; set data.cache: false")
-        return _shapes(data.options)
+        return _shapes(data.options, cache=data.cache, seed=config.seed)
     try:
         train = open_dataset(data.dataset, data.train_split, root=data.root, options=data.options)
         val_options = data.options if data.val_options is None else data.val_options
@@ -96,14 +95,28 @@ def _total_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _shapes(options: dict[str, Any]) -> DatasetBundle:
-    valid = {"train_size", "val_size", "size", "seed"}
+def _shapes(options: dict[str, Any], *, cache: bool, seed: int) -> DatasetBundle:
+    """The built-in shapes; ``augment`` adds random quarter turns and flips (no class changes under either)."""
+    valid = {"train_size", "val_size", "size", "seed", "augment"}
     unknown = sorted(set(options) - valid)
     if unknown:
         raise ConfigError(f"unknown data.options {', '.join(unknown)} for shapes; valid: {', '.join(sorted(valid))}")
-    seed = options.get("seed", 0)
+    for key, value in options.items():
+        kind = bool if key == "augment" else int
+        if type(value) is not kind:  # bool is an int subclass: compare exactly
+            raise ConfigError(f"data.options.{key} for shapes must be {kind.__name__}, got {value!r}")
     shapes = ShapesConfig(size=options.get("size", ShapesConfig.size))
-    train = SyntheticShapes.split("train", options.get("train_size", 1000), seed=seed, config=shapes)
-    val = SyntheticShapes.split("val", options.get("val_size", 100), seed=seed, config=shapes)
+    data_seed = options.get("seed", 0)
+    train = SyntheticShapes.split("train", options.get("train_size", 1000), seed=data_seed, config=shapes)
+    val = SyntheticShapes.split("val", options.get("val_size", 100), seed=data_seed, config=shapes)
+    if options.get("augment", False):
+        train.transform = Compose([RandomQuarterTurn(), RandomHorizontalFlip(), Normalize(train.mean, train.std)],
+                                  seed=seed)  # fmt: skip
+    if cache:
+        for split in (train, val):
+            try:
+                split.cache_decoded(max_bytes=_total_memory() // 8)
+            except ValueError as exc:
+                raise ConfigError(f"data.cache: {exc}") from None
     return DatasetBundle(train, val, SyntheticShapes.classes, SyntheticShapes.palette, SyntheticShapes.mean,
                          SyntheticShapes.std, 255)  # fmt: skip
