@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -239,3 +240,25 @@ def test_checker_reads_the_pairs_the_dataset_reads(name, tmp_path, save, rgb, mo
     for split, dataset in datasets.items():
         assert read[split].pairs == dataset().pairs, split
         assert len(read[split].pairs) >= 2 and not read[split].problems
+
+
+@pytest.mark.parametrize("layout", ["folder", "voc"])
+def test_a_split_the_dataset_refuses_is_an_error_not_ok(layout, tmp_path, capsys):
+    """An empty images folder, or an empty VOC list: the dataset class raises, so the checker must fail."""
+    if layout == "folder":
+        for part in ("images", "masks"):
+            (tmp_path / "train" / part).mkdir(parents=True)
+        make = lambda: FolderDataset(tmp_path / "train", classes=["bg", "fg"])  # noqa: E731
+        message = "no images"
+    else:
+        lists = tmp_path / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+        lists.mkdir(parents=True)
+        (lists / "train.txt").write_text("\n")
+        make = lambda: VOCSegmentation(tmp_path, "train")  # noqa: E731
+        message = "no \\(image, mask\\) pairs found"
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        make()
+    assert run_check_command(layout, root=str(tmp_path), out=None) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "\nOK\n" not in out
+    assert re.search(rf"\[train\] \(split\): {message}", out), out

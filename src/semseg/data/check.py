@@ -198,6 +198,9 @@ class CheckReport:
         return path
 
 
+_NO_PAIRS = "no (image, mask) pairs found; check the dataset root and split"
+
+
 def check_dataset(
     datasets: Mapping[str, Any],
     *,
@@ -229,6 +232,13 @@ def check_dataset(
         s.images = getattr(ds, "images", 0) or len(ds.pairs)
         s.masks = getattr(ds, "masks", 0) or len(ds.pairs)
         found = [(split, str(f), m) for f, m in getattr(ds, "problems", ())]
+        # Faults of the split as a whole (no images folder, no list) name no single file; the
+        # dataset classes refuse such a split, so the checker must fail it too.
+        error = getattr(ds, "error", None)
+        if error is not None and not found:
+            found.append((split, "(split)", str(error)))
+        if not ds.pairs and not found:
+            found.append((split, "(split)", _NO_PAIRS))
         decoder = getattr(ds, "decoder", None)
         for image_path, mask_path in ds.pairs:
             found += [
