@@ -21,8 +21,8 @@ import torch
 
 from semseg.engine.checkpoint import load_model, save_weights
 from semseg.inference.evaluation import evaluate_checkpoint
-from semseg.pretrained import _DIR
-from semseg.registry import create_model
+from semseg.pretrained import PRETRAINED_DIR
+from semseg.registry import aux_free_twin
 
 SIZE_LIMIT_MB = 10.0  # issue 11: the package must stay small enough to pip install anywhere
 TTA_SCALES = (0.75, 1.0, 1.25)
@@ -31,10 +31,8 @@ TTA_SCALES = (0.75, 1.0, 1.25)
 def shipped_model(checkpoint: Path) -> tuple[torch.nn.Module, dict]:
     """The checkpoint's model without its auxiliary head, in fp16, and its metadata."""
     model, meta = load_model(checkpoint)
-    config = dict(meta["model_config"])
-    if config.get("aux"):
-        config["aux"] = False
-        lean = create_model(**config)
+    lean = aux_free_twin(model)
+    if lean is not None:
         kept = lean.state_dict().keys()
         lean.load_state_dict({k: v for k, v in model.state_dict().items() if k in kept})
         model = lean
@@ -54,7 +52,7 @@ def main() -> None:
     model, meta = shipped_model(args.checkpoint)
     file = f"{args.name}.safetensors"
     extra = {k: v for k, v in meta.items() if k != "model_config"}
-    path = save_weights(model, _DIR / file, **extra, shipped_from=str(args.checkpoint), recipe=args.recipe)
+    path = save_weights(model, PRETRAINED_DIR / file, **extra, shipped_from=str(args.checkpoint), recipe=args.recipe)
     size_mb = path.stat().st_size / 2**20
     print(f"wrote {path} ({size_mb:.2f} MiB{', OVER the ' + str(SIZE_LIMIT_MB) + ' MiB limit' if size_mb > SIZE_LIMIT_MB else ''})")
 
@@ -64,7 +62,7 @@ def main() -> None:
     print(f"val mIoU {plain['mIoU']:.4f} plain, {tta['mIoU']:.4f} with flip + scales {list(TTA_SCALES)}")
     print("per class (plain):", json.dumps({c: round(v, 4) for c, v in plain["per_class_IoU"].items()}))
 
-    index_path = _DIR / "index.json"
+    index_path = PRETRAINED_DIR / "index.json"
     index = json.loads(index_path.read_text())
     entry = {"name": args.name, "file": file, "architecture": model.model_config["name"], "dataset": args.data,
              "classes": list(meta["classes"]), "val_mIoU": round(plain["mIoU"], 4),

@@ -53,7 +53,7 @@ def shipped(tmp_path, monkeypatch):
              "classes": [f"c{i}" for i in range(5)], "val_mIoU": 0.5, "command": "semseg train x.yaml",
              "card": "docs/model_card_camvid.md"}  # fmt: skip
     (folder / "index.json").write_text(json.dumps({"models": [entry]}))
-    monkeypatch.setattr(pretrained, "_DIR", folder)
+    monkeypatch.setattr(pretrained, "PRETRAINED_DIR", folder)
     return "camvid-tiny"
 
 

@@ -14,7 +14,7 @@ from semseg.cli import main
 from semseg.data import camvid
 from semseg.engine.checkpoint import load_model, read_metadata
 from semseg.inference.predictor import Predictor
-from semseg.pretrained import _DIR, list_pretrained
+from semseg.pretrained import PRETRAINED_DIR, list_pretrained
 
 SHIPPED = list_pretrained()
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def test_the_package_ships_a_camvid_model():
 
 @pytest.mark.parametrize("model", SHIPPED, ids=lambda m: m.name)
 def test_a_shipped_model_is_what_its_index_entry_says(model):
-    assert model.path.parent == _DIR and model.path.is_file()
+    assert model.path.parent == PRETRAINED_DIR and model.path.is_file()
     meta = read_metadata(model.name)
     assert meta["model_config"]["name"] == model.architecture and meta["classes"] == list(model.classes)
     assert meta["model_config"].get("aux") is not True  # the training-only head is not shipped
@@ -67,3 +67,31 @@ def test_the_camvid_model_segments_a_real_street():
     valid = truth != 255
     assert (labels[valid] == truth[valid]).mean() > 0.7  # 0.79 shipped; random weights: ~0.1
     assert labels.max() < len(camvid.CLASSES)
+
+
+def test_shipping_drops_the_aux_head_and_keeps_the_predictions(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship_pretrained", REPO / "scripts" / "ship_pretrained.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    from semseg.engine.checkpoint import save_weights
+    from semseg.registry import create_model
+
+    torch.manual_seed(0)
+    trained = create_model("ddrnet_23_slim", num_classes=3, aux=True).eval()
+    save_weights(trained, tmp_path / "run.safetensors", classes=["a", "b", "c"], palette=[[0, 0, 0]] * 3,
+                 mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+    lean, meta = ship.shipped_model(tmp_path / "run.safetensors")
+    assert lean.model_config["aux"] is False and meta["classes"] == ["a", "b", "c"]
+    dropped = set(trained.state_dict()) - set(lean.state_dict())
+    assert dropped and all(k.startswith("seghead_extra.") for k in dropped)
+    assert {t.dtype for t in lean.state_dict().values() if t.is_floating_point()} == {torch.float16}
+    source = trained.state_dict()
+    for key, value in lean.state_dict().items():  # every kept tensor is the trained one, rounded to fp16
+        expected = source[key].half() if source[key].is_floating_point() else source[key]
+        assert torch.equal(value, expected), key
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():  # eval never runs the aux head: the labels are the trained model's up to fp16
+        agree = (lean.float().eval()(x).argmax(1) == trained(x).argmax(1)).float().mean()
+    assert agree > 0.97, agree

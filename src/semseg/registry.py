@@ -8,10 +8,12 @@ records ``name`` and options on the model so a checkpoint can rebuild it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import typing
 from typing import Any, Callable, TypeVar
 
+import torch
 from torch import nn
 
 from semseg.typecheck import check_options
@@ -87,6 +89,17 @@ def create_model(name: str, *, num_classes: int, **options: Any) -> nn.Module:
         config[p.name] = None if p.name in WEIGHT_FILE_OPTIONS else value
     model.model_config = config
     return model
+
+
+def aux_free_twin(model: nn.Module, *, device: str | torch.device | None = None) -> nn.Module | None:
+    """``model`` rebuilt from its ``model_config`` with ``aux: False`` (fresh weights, on ``device``), or None
+    when it has no auxiliary head: the twin's state-dict keys are the model's minus the training-only
+    ones, which is what shipping a model (drop them) and ``init_from`` (train them afresh) need."""
+    config = getattr(model, "model_config", None)
+    if not config or not config.get("aux"):
+        return None
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        return create_model(**{**config, "aux": False})
 
 
 def _get_builder(name: str) -> Builder:

@@ -24,7 +24,7 @@ from semseg.data.base import list_some
 from semseg.engine.checkpoint import load_model
 from semseg.models.torchvision_compat import remap_torchvision_keys
 from semseg.pretrained import resolve_checkpoint
-from semseg.registry import create_model
+from semseg.registry import aux_free_twin
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,5 @@ def init_from(model: nn.Module, source: str) -> InitFromReport:
 
 def _aux_keys(model: nn.Module) -> set[str]:
     """The state-dict keys of ``model``'s training-only aux head: those its ``aux: false`` twin lacks."""
-    config = getattr(model, "model_config", None)
-    if not config or not config.get("aux"):
-        return set()
-    with torch.device("meta"):
-        lean = create_model(**{**config, "aux": False})
-    return set(model.state_dict()) - set(lean.state_dict())
+    lean = aux_free_twin(model, device="meta")
+    return set() if lean is None else set(model.state_dict()) - set(lean.state_dict())

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-_DIR = Path(__file__).parent
+PRETRAINED_DIR = Path(__file__).parent  # the shipped files and index.json (scripts/ship_pretrained.py writes here)
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class PretrainedModel:
 
     @property
     def path(self) -> Path:
-        return _DIR / self.file
+        return PRETRAINED_DIR / self.file
 
     @property
     def size_mb(self) -> float:
@@ -40,7 +40,7 @@ class PretrainedModel:
 
 def list_pretrained() -> list[PretrainedModel]:
     """The shipped models, by name."""
-    index = json.loads((_DIR / "index.json").read_text())
+    index = json.loads((PRETRAINED_DIR / "index.json").read_text())
     return sorted((PretrainedModel(**{**m, "classes": tuple(m["classes"])}) for m in index["models"]),
                   key=lambda m: m.name)  # fmt: skip
 
