@@ -80,3 +80,9 @@ def test_training_learns_on_a_short_run(tmp_path):
     val = SyntheticShapes.split("val", 32, seed=config.seed)
     background = np.mean([(val.raw(i)[1] == 0).mean() for i in range(len(val))])
     assert result["mIoU"] > background / len(CLASSES) + 0.05, (result["mIoU"], background)
+
+
+def test_fewer_samples_than_a_batch_still_train(tmp_path):
+    config = DemoConfig(epochs=1, train_size=5, val_size=2, predict_size=1, batch_size=16, base_channels=4)
+    result = run_demo(tmp_path, config, progress=False)
+    assert [h["epoch"] for h in result["history"]] == [1] and (tmp_path / "model.safetensors").is_file()

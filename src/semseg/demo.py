@@ -42,12 +42,13 @@ class DemoConfig:
 
     def train_config(self, out: str | Path) -> TrainConfig:
         """The recipe ``semseg train`` would run for this demo, writing its run folder to ``out``."""
-        steps = self.epochs * (self.train_size // self.batch_size)
+        batch = min(self.batch_size, self.train_size)  # a tiny --train-size still trains, as one batch
+        steps = self.epochs * (self.train_size // batch)
         return from_dict(TrainConfig, {
             "model": {"name": "unet", "options": {"base_channels": self.base_channels}},
             # Generated once and kept in memory (data.cache); quarter turns and flips do not change
             # a shape's class. In-process loading: the samples are ready, workers would only copy.
-            "data": {"dataset": "shapes", "cache": True, "workers": 0, "batch_size": self.batch_size,
+            "data": {"dataset": "shapes", "cache": True, "workers": 0, "batch_size": batch,
                      "val_batch_size": 64,
                      "options": {"train_size": self.train_size, "val_size": self.val_size, "seed": self.seed,
                                  "augment": True}},
