@@ -209,6 +209,9 @@ class MaskDecoder:
         return mapped[inverse.reshape(codes.shape)]
 
 
+NO_PAIRS = "no (image, mask) pairs found; check the dataset root and split"  # also `semseg data check`
+
+
 class PairedDataset(Dataset):
     """A segmentation dataset given as ``(image_path, mask_path)`` pairs and a :class:`MaskDecoder`.
 
@@ -231,7 +234,7 @@ class PairedDataset(Dataset):
         transform: Transform | None = None,
     ) -> None:
         if not pairs:
-            raise ValueError("no (image, mask) pairs found; check the dataset root and split")
+            raise ValueError(NO_PAIRS)
         if len(classes) != decoder.num_classes:
             raise ValueError(f"{len(classes)} class names for {decoder.num_classes} classes")
         self.pairs = [(Path(i), Path(m)) for i, m in pairs]

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from semseg.data import ade20k, camvid, cityscapes, folder, voc
-from semseg.data.base import MaskDecoder, list_some, read_mask
+from semseg.data.base import NO_PAIRS, MaskDecoder, list_some, read_mask
 from semseg.data.description import load_description
 
 DATASET_NAMES = ("camvid", "voc", "cityscapes", "ade20k", "folder")
@@ -198,9 +198,6 @@ class CheckReport:
         return path
 
 
-_NO_PAIRS = "no (image, mask) pairs found; check the dataset root and split"
-
-
 def check_dataset(
     datasets: Mapping[str, Any],
     *,
@@ -238,7 +235,7 @@ def check_dataset(
         if error is not None and not found:
             found.append((split, "(split)", str(error)))
         if not ds.pairs and not found:
-            found.append((split, "(split)", _NO_PAIRS))
+            found.append((split, "(split)", NO_PAIRS))
         decoder = getattr(ds, "decoder", None)
         for image_path, mask_path in ds.pairs:
             found += [
