@@ -1,5 +1,7 @@
 import json
+import os
 import struct
+import subprocess
 import sys
 import zlib
 
@@ -301,3 +303,37 @@ def test_a_bug_that_is_not_about_memory_still_raises(images, tmp_path):
     predictor = Predictor(Broken(), classes=CLASSES, palette=[[0, 0, 0], [255, 0, 0]], mean=[0.5] * 3, std=[0.25] * 3)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         predict_files(predictor, [str(images / "b")], tmp_path / "out", progress=False)
+
+
+def test_torchrun_shards_prediction_and_matches_one_process(tmp_path):
+    """2 gloo processes under torchrun: each segments every other input, no input twice or never, the
+    files equal one process's byte for byte, and rank 0 writes the merged summary."""
+    torch.manual_seed(0)
+    model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2).eval()
+    with torch.no_grad():
+        model.classifier.bias.zero_()
+    ckpt = save_weights(model, tmp_path / "m.safetensors", classes=["a", "b", "c"],
+                        palette=[[0, 0, 0], [255, 0, 0], [0, 255, 0]], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(inputs / f"img{i}.png")
+    args = ["predict", str(ckpt), str(inputs), str(tmp_path / "nothing*.png"), "--backend", "torch", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "semseg", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29518",
+           "-m", "semseg", *args, "--out", str(tmp_path / "two")]  # fmt: skip
+    two = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == two.returncode == 1, two.stderr[-3000:]  # the unmatched glob is a failure in both
+    assert "2 processes" in two.stdout and two.stdout.count("5 image(s)") == 1  # rank 0 reports, once
+    for folder in ("masks", "overlays"):
+        names = sorted(p.name for p in (tmp_path / "one" / folder).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / "two" / folder).iterdir()) and len(names) == 5
+        for name in names:
+            assert (tmp_path / "one" / folder / name).read_bytes() == (tmp_path / "two" / folder / name).read_bytes()
+    a = json.loads((tmp_path / "one" / "summary.json").read_text())
+    b = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert b.pop("processes") == 2
+    assert {**a, "out": None} == {**b, "out": None}

@@ -41,7 +41,7 @@ def images(tmp_path):
 
 
 def test_calibration_batches_are_normalised_like_the_predictor(images):
-    batch = calibration_batches(images[:1], [0.5] * 3, [0.25] * 3)[0]
+    batch = calibration_batches(images[:1], {"mean": [0.5] * 3, "std": [0.25] * 3})[0]
     rgb = np.array(Image.open(images[0]))
     assert batch.shape == (1, 3, 48, 64) and batch.dtype == np.float32
     np.testing.assert_allclose(batch[0, 1], (rgb[..., 1] / 255 - 0.5) / 0.25, rtol=1e-6, atol=1e-5)

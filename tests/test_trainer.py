@@ -270,6 +270,23 @@ def test_evaluate_scores_the_predictions_its_options_give(custom_dataset, tmp_pa
     assert metrics["pixel_accuracy"] == pytest.approx(correct / sum(m.size for m in masks))
 
 
+def test_evaluate_a_plain_folder_takes_the_checkpoints_classes(custom_dataset, tmp_path, capsys):
+    """``--data folder`` has no class list: the checkpoint's applies (it was a TypeError from the dataset)."""
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.replace("dataset: shapes", f"dataset: {custom_dataset}")
+                      .replace("options: {train_size: 32, val_size: 8, size: 32}", "crop_size: [32, 32]"))
+    result = fit(load_config(recipe, [f"out={out}", "epochs=1"]), progress=False)
+    args = ["evaluate", str(out / "last.safetensors"), "--data", "folder", "--root", str(custom_dataset.parent),
+            "--out", str(tmp_path / "eval"), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["mIoU"] == pytest.approx(result["mIoU"])
+    with pytest.raises(ConfigError, match="dataset 'folder' needs options.classes"):
+        from semseg.engine.datasets import open_dataset
+
+        open_dataset("folder", "val", root=str(custom_dataset.parent))
+
+
 def read_classes(description) -> list[str]:
     """The class names of a dataset description YAML."""
     import yaml

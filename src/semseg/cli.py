@@ -77,14 +77,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from semseg.engine import distributed
     from semseg.inference.predict import predict_files
     from semseg.inference.predictor import Predictor
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, backend=args.backend, tile=args.tile,
-                                          flip=args.flip, scales=args.scales)  # fmt: skip
-    print(f"backend: {predictor.backend}")
-    summary = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay, cutout_classes=args.cutout,
-                            probs=args.probs, max_pixels=args.max_pixels, progress=not args.quiet)  # fmt: skip
+    # Under torchrun each process segments its share of the inputs on its own device; rank 0 reports.
+    dist = distributed.setup(args.device)
+    try:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device=dist.device, backend=args.backend,
+                                              tile=args.tile, flip=args.flip, scales=args.scales)  # fmt: skip
+        if dist.is_main:
+            print(f"backend: {predictor.backend}" + (f", {dist.world_size} processes" if dist.world_size > 1 else ""))
+        summary = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay,
+                                cutout_classes=args.cutout, probs=args.probs, max_pixels=args.max_pixels,
+                                progress=not args.quiet and dist.is_main, rank=dist.rank,
+                                world_size=dist.world_size)  # fmt: skip
+    finally:
+        distributed.teardown()
+    if not dist.is_main:
+        return 1 if summary["failed"] else 0
     for item, reason in summary["failed"].items():
         print(f"semseg predict: skipped {item}: {reason}", file=sys.stderr)
     for item, video in summary["videos"].items():
@@ -103,7 +114,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         from semseg.inference.predict import expand_inputs, is_video
         from semseg.inference.quantize import export_int8, export_int8_openvino
 
-        found, missing = expand_inputs(args.int8)
+        found, missing = expand_inputs(args.int8, arrays=True)  # .npy: calibration images of a bands model
         images = [path for path in found if not is_video(path)]
         if missing:
             raise FileNotFoundError(f"no calibration images at {', '.join(missing)}")

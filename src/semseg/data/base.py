@@ -10,9 +10,10 @@ reads too) and ``decoder`` gives the decoder.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ from torch.utils.data import Dataset
 from semseg.data.transforms import eval_transforms
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+ARRAY_SUFFIX = ".npy"  # NumPy arrays: images of datasets and models read at full precision (bands) only
+_GDAL_SUFFIXES = (".tif", ".tiff", ".png")  # read with rasterio when it is installed: any band count, 16-bit RGB
 # ImageNet statistics: what every pretrained backbone in this package expects.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -71,8 +74,14 @@ def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
     return tuple(colours)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file as uint8 ``(H, W, 3)`` RGB (see :func:`rgb_array`). A multi-page TIFF yields its first page."""
+def read_image(path: Path, bands: int | None = None) -> np.ndarray:
+    """An image file as uint8 ``(H, W, 3)`` RGB (see :func:`rgb_array`), or with ``bands`` its ``bands``
+    bands at full precision (see :func:`band_array`). A multi-page TIFF yields its first page."""
+    if bands is not None:
+        return band_array(path, bands)
+    if Path(path).suffix.lower() == ARRAY_SUFFIX:
+        raise ValueError(f"{path}: .npy images are read at full precision only: set bands (their band count) in "
+                         "the dataset description")  # fmt: skip
     with Image.open(path) as im:
         im.seek(0)
         return rgb_array(im, str(path))
@@ -86,19 +95,170 @@ def rgb_array(im: Image.Image, source: str = "image") -> np.ndarray:
     stretched per image, so intensities stay comparable across files — and never clipped,
     which is what PIL's own conversion does. One whose values stay below 4096 (12-bit data
     stored in 16 bits) would come out nearly black, so it is said loudly (a warning naming
-    the file). Floating-point images are refused.
+    the file). Floating-point images are refused: read them with ``bands`` (full precision).
     """
     if im.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(im)
         if values.size and int(values.max()) < 4096:
             warnings.warn(f"{source}: 16-bit image whose values stay below {int(values.max()) + 1} (of 65536): scaled "
-                          "to 8 bits it is nearly black; rescale it to 8 bits or to the full 16-bit range first",
+                          "to 8 bits it is nearly black; rescale it to 8 bits or to the full 16-bit range first, "
+                          "or read it at full precision (bands: 1 in the dataset description)",
                           stacklevel=2)  # fmt: skip
         grey = np.clip(np.rint(values.astype(np.float32) / 257.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if im.mode == "F":
-        raise ValueError(f"{source}: floating-point images (mode F) are not supported; save it as 8- or 16-bit")
+        raise ValueError(f"{source}: a floating-point image (mode F) is read at full precision only: set bands: 1 "
+                         "in the dataset description (and train a model on it), or save it as 8- or 16-bit")  # fmt: skip
     return np.asarray(im.convert("RGB")).copy()
+
+
+# PIL modes whose samples band_array takes as they are (palette, 1-bit and CMYK-like modes are not pixel data).
+_NATIVE_MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "I": 1, "F": 1, **{m: 1 for m in _SIXTEEN_BIT_MODES}}
+
+
+def band_array(path: Path, bands: int) -> np.ndarray:
+    """The image at ``path`` as float32 ``(H, W, bands)`` in its stored units: 8-bit, 16-bit, 32-bit integer
+    and float samples at full precision, nothing rescaled or clipped (normalising is the model's statistics'
+    job). Reads ``.npy`` arrays (``(H, W)`` or ``(H, W, C)``), TIFFs of any band count and sample type and
+    PNGs with rasterio (``pip install 'semseg[geo]'``; PIL cuts 16-bit RGB to 8 bits), and other files with
+    PIL. ``ValueError`` unless the file holds exactly ``bands`` bands. No-data pixels keep their stored values here; :func:`read_bands` marks them.
+    """
+    return read_bands(path, bands)[0]
+
+
+def read_bands(path: Path, bands: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`band_array`'s pixels and where they hold data: ``(H, W)`` bool, or ``None`` when all do.
+
+    No data is what GDAL says of a raster (its nodata value, alpha band or mask) and, in any float
+    image, a NaN or infinite sample in any band. Training ignores such pixels and band statistics
+    leave them out.
+    """
+    path = Path(path)
+    valid = None
+    suffix = path.suffix.lower()
+    if suffix == ARRAY_SUFFIX:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim != 3 or array.dtype.kind not in "uif":
+            raise ValueError(f"{path}: a .npy image must hold numbers shaped (H, W) or (H, W, bands), got "
+                             f"{array.dtype} {array.shape}")  # fmt: skip
+        array = np.array(array)  # out of the read-only map, once its header was found sane
+    elif suffix in _GDAL_SUFFIXES and _has_rasterio():
+        array, valid = _read_raster_bands(path)
+    else:
+        if suffix == ".png" and _sixteen_bit_colour_png(path):
+            raise ValueError(f"{path} is a 16-bit colour PNG, which PIL reads as 8-bit; install rasterio "
+                             "(pip install 'semseg[geo]') to read it at full precision")  # fmt: skip
+        with Image.open(path) as im:
+            im.seek(0)
+            if im.mode not in _NATIVE_MODES:
+                raise ValueError(f"{path}: mode {im.mode} images have no bands to read at full precision; save it as "
+                                 "grey, RGB(A), 16-bit or float (or as .npy)")  # fmt: skip
+            array = np.asarray(im)
+        if array.ndim == 2:
+            array = array[..., None]
+    if array.shape[2] != bands:
+        raise ValueError(f"{path} has {array.shape[2]} band(s) but the dataset reads {bands}; set bands: "
+                         f"{array.shape[2]} or give every image {bands} band(s)")  # fmt: skip
+    pixels = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(pixels).all(axis=2) if pixels.dtype.kind == "f" else None
+    if finite is not None and not finite.all():
+        valid = finite if valid is None else valid & finite
+    return pixels, valid
+
+
+def declared_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of the image at ``path`` from its header alone, as :func:`read_bands` would read it."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ARRAY_SUFFIX:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        return int(shape[0]), int(shape[1] if len(shape) > 1 else 1)
+    if suffix in _GDAL_SUFFIXES and _has_rasterio():
+        import rasterio
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            try:
+                with rasterio.open(path) as src:
+                    return src.height, src.width
+            except rasterio.errors.RasterioIOError as exc:
+                raise OSError(str(exc)) from None
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
+
+
+def _sixteen_bit_colour_png(path: Path) -> bool:
+    """Whether the PNG header says 16 bits per sample in RGB or RGBA (PIL would give 8)."""
+    with open(path, "rb") as f:
+        header = f.read(26)
+    return len(header) == 26 and header[12:16] == b"IHDR" and header[24] == 16 and header[25] in (2, 6)
+
+
+def _has_rasterio() -> bool:
+    try:
+        import rasterio  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _read_raster_bands(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every band of a (Geo)TIFF as ``(H, W, bands)``, with GDAL (PIL reads neither 16-bit RGB nor >4 bands),
+    and its dataset mask (``None`` when the raster has no nodata value, alpha band or mask)."""
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        try:
+            with rasterio.open(path) as src:
+                all_valid = all(rasterio.enums.MaskFlags.all_valid in flags for flags in src.mask_flag_enums)
+                return src.read().transpose(1, 2, 0), None if all_valid else src.dataset_mask() > 0
+        except rasterio.errors.RasterioIOError as exc:
+            raise OSError(str(exc)) from None
+
+
+class BandMoments:
+    """Running per-band pixel count, sum and sum of squares (float64, so 16-bit and float data keep
+    their precision): the one accumulator behind :func:`band_statistics` and ``semseg data check``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: np.ndarray | None = None
+        self.squares: np.ndarray | None = None
+
+    def add(self, image: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Count every pixel of an ``(H, W, bands)`` image (only those ``valid`` marks, if given)."""
+        x = (image if valid is None else image[valid]).reshape(-1, image.shape[-1]).astype(np.float64)
+        self._add(x.shape[0], x.sum(0), np.einsum("ij,ij->j", x, x))
+
+    def merge(self, other: BandMoments) -> None:
+        """Add the pixels ``other`` counted (e.g. another split's)."""
+        if other.total is not None and other.squares is not None:
+            self._add(other.count, other.total, other.squares)
+
+    def _add(self, count: int, total: np.ndarray, squares: np.ndarray) -> None:
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += count
+
+    def result(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-band mean and standard deviation; a constant band gets std 1 (so normalising never divides by 0)."""
+        if self.total is None or self.squares is None or self.count == 0:
+            raise ValueError("no pixels to measure band statistics on")
+        mean = self.total / self.count
+        std = np.sqrt(np.maximum(self.squares / self.count - mean * mean, 0.0))
+        std[std == 0] = 1.0
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def band_statistics(images: Iterable[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band mean and standard deviation over every pixel of ``images`` (``(H, W, bands)`` arrays)."""
+    moments = BandMoments()
+    for image in images:
+        moments.add(image)
+    return moments.result()
 
 
 def read_mask(path: Path, *, colour: bool = False) -> np.ndarray:
@@ -106,8 +266,14 @@ def read_mask(path: Path, *, colour: bool = False) -> np.ndarray:
 
     Palette ("P") masks give their indices, not the colours the palette paints them;
     "L" and 16-bit masks give raw values; 1-bit masks give 0/255. An RGB mask whose
-    three channels are equal is read as grey. A multi-page TIFF yields its first page.
+    three channels are equal is read as grey. A multi-page TIFF yields its first page. A ``.npy``
+    mask is an ``(H, W)`` integer array.
     """
+    if Path(path).suffix.lower() == ARRAY_SUFFIX and not colour:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if array.ndim != 2 or array.dtype.kind not in "iub":
+            raise ValueError(f"{path}: a .npy mask must be an (H, W) integer array, got {array.dtype} {array.shape}")
+        return np.array(array, dtype=np.int64)
     with Image.open(path) as im:
         im.seek(0)
         if colour:
@@ -219,10 +385,15 @@ class PairedDataset(Dataset):
     ``dataset[i]`` passes them through ``transform`` (default: normalise with ImageNet
     statistics and convert to tensors), giving a float ``(3, H, W)`` image and long mask.
     ``mean``/``std`` name that default normalisation, for checkpoints to record.
+
+    With ``bands``, images are read at full precision instead (:func:`band_array`): float32
+    ``(H, W, bands)`` in their stored units, for 16-bit, float and multi-band data, normalised
+    by ``mean``/``std`` in those units. Without them the statistics are unknown (``None``)
+    until :meth:`set_statistics` gives them (the trainer measures them on the train split).
     """
 
-    mean = IMAGENET_MEAN
-    std = IMAGENET_STD
+    mean: tuple[float, ...] | None = IMAGENET_MEAN
+    std: tuple[float, ...] | None = IMAGENET_STD
 
     def __init__(
         self,
@@ -232,6 +403,9 @@ class PairedDataset(Dataset):
         classes: Sequence[str],
         palette: Sequence[tuple[int, int, int]] | None = None,
         transform: Transform | None = None,
+        bands: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         if not pairs:
             raise ValueError(NO_PAIRS)
@@ -244,15 +418,52 @@ class PairedDataset(Dataset):
         if len(self.palette) < len(self.classes):
             raise ValueError(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
         self.ignore_index = decoder.ignore_index
-        if transform is None:
-            transform = eval_transforms(self.mean, self.std)
-        self.transform = transform
+        self.bands = _check_bands(bands, mean, std)
+        if bands is not None:
+            self.mean = self.std = None
+        if mean is not None and std is not None:
+            self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.transform = transform if transform is not None else self.eval_transform()
         self._decoded: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def num_classes(self) -> int:
         """Number of classes, not counting ``ignore_index``."""
         return len(self.classes)
+
+    @property
+    def channels(self) -> int:
+        """The model input's channels: ``bands``, or 3 for 8-bit RGB."""
+        return 3 if self.bands is None else self.bands
+
+    @property
+    def pixel_scale(self) -> float:
+        """What pixels are divided by before ``mean``/``std`` apply: 255 for 8-bit RGB, 1 at full precision."""
+        return 255.0 if self.bands is None else 1.0
+
+    def set_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Normalise with ``mean``/``std`` (one per channel, in :attr:`pixel_scale` units) from now on."""
+        _check_bands(self.bands, mean, std, required=True)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        if isinstance(self.transform, _NeedsStatistics):
+            self.transform = self.eval_transform()
+
+    def measure_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-band mean and std of every image of this split (no-data pixels left out), in the units
+        :meth:`set_statistics` takes (fractions of 255 for 8-bit RGB)."""
+        if self.bands is None:
+            mean, std = band_statistics(self.raw(i)[0] for i in range(len(self)))
+            return tuple(m / 255 for m in mean), tuple(v / 255 for v in std)
+        moments = BandMoments()
+        for image_path, _ in self.pairs:
+            moments.add(*_read_or_fail(read_bands, image_path, "image", bands=self.bands))
+        return moments.result()
+
+    def eval_transform(self) -> Transform:
+        """Normalisation by this dataset's statistics, nothing random: the transform of evaluation."""
+        if self.mean is None or self.std is None:
+            return _NeedsStatistics(self.bands)
+        return eval_transforms(self.mean, self.std, pixel_scale=self.pixel_scale)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -279,18 +490,26 @@ class PairedDataset(Dataset):
         return sum(image.nbytes + mask.nbytes for image, mask in decoded)
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The uint8 ``(H, W, 3)`` image and int64 ``(H, W)`` class mask of ``index``, untransformed."""
+        """The uint8 ``(H, W, 3)`` image (float32 ``(H, W, bands)`` with ``bands``) and int64 ``(H, W)``
+        class mask of ``index``, untransformed."""
         if self._decoded is not None:  # copies: transforms may work in place
             image, mask = self._decoded[index]
             return image.copy(), mask.astype(np.int64)
         image_path, mask_path = self.pairs[index]
-        image = _read_or_fail(read_image, image_path, "image")
+        valid = None
+        if self.bands is None:
+            image = _read_or_fail(read_image, image_path, "image")
+        else:
+            image, valid = _read_or_fail(read_bands, image_path, "image", bands=self.bands)
         mask = self.decoder(_read_or_fail(read_mask, mask_path, "mask", colour=self.decoder.is_colour), mask_path)
         if image.shape[:2] != mask.shape:
             raise DataError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but mask {mask_path} is "
                 f"{mask.shape[1]}x{mask.shape[0]} (WxH); they must match pixel for pixel"
             )
+        if valid is not None:  # no data: not a label to learn or score, and no value to feed the model
+            mask[~valid] = self.ignore_index
+            image[~valid] = 0.0 if self.mean is None else np.asarray(self.mean, dtype=np.float32)
         return image, mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,7 +517,39 @@ class PairedDataset(Dataset):
         return self.transform(image, mask)
 
 
-def _read_or_fail(read: Callable[..., np.ndarray], path: Path, what: str, **kwargs: object) -> np.ndarray:
+class _NeedsStatistics:
+    """The transform of a full-precision dataset whose mean/std are not known yet: says how to get them."""
+
+    def __init__(self, bands: int | None) -> None:
+        self.bands = bands
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        raise ValueError(f"this dataset reads {self.bands} band(s) at full precision but has no mean/std: add them "
+                         "to its description (`semseg data check` measures them) or call set_statistics")  # fmt: skip
+
+
+def _check_bands(bands: int | None, mean: Sequence[float] | None, std: Sequence[float] | None, *,
+                 required: bool = False) -> int | None:  # fmt: skip
+    """``bands`` checked, with ``mean``/``std`` (one positive std per band; only with ``bands``, as the
+    8-bit RGB datasets normalise with ImageNet's)."""
+    if bands is not None and (not isinstance(bands, int) or isinstance(bands, bool) or bands < 1):
+        raise ValueError(f"bands must be a positive int, got {bands!r}")
+    if (mean is None) != (std is None):
+        raise ValueError("give mean and std together")
+    if mean is None:
+        if required:
+            raise ValueError("mean and std are required")
+        return bands
+    if bands is None and not required:
+        raise ValueError("mean/std are for datasets read at full precision (bands: N); 8-bit RGB images use "
+                         "ImageNet's statistics")  # fmt: skip
+    channels = 3 if bands is None else bands
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ValueError(f"mean and std need {channels} values each (std > 0), got {list(mean)} and {list(std)}")
+    return bands
+
+
+def _read_or_fail(read: Callable[..., Any], path: Path, what: str, **kwargs: object) -> Any:
     """``read(path)``, with any failure (missing, truncated, not an image) as one :class:`DataError` line."""
     try:
         return read(path, **kwargs)

@@ -5,7 +5,8 @@ mask, which is right for training but makes fixing a dataset a slow loop. The ch
 instead reads every pair of every split and lists everything: unreadable or truncated
 files, images without masks and masks without images, image/mask size mismatches, and
 mask values that are neither a declared class nor ``ignore_index``. Along the way it
-counts pixels per class and derives two common class weightings for the loss:
+counts pixels per class and derives two common class weightings for the loss (and, for data
+read at full precision, ``bands: N``, each band's mean and std, to put in its description):
 
 * median-frequency balancing (Eigen & Fergus 2015, used by SegNet):
   ``w_c = median(freq) / freq_c``, ``freq_c`` = pixels of ``c`` / total pixels of the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from semseg.data import ade20k, camvid, cityscapes, folder, voc
-from semseg.data.base import NO_PAIRS, MaskDecoder, list_some, read_mask
+from semseg.data.base import NO_PAIRS, BandMoments, MaskDecoder, list_some, read_bands, read_mask
 from semseg.data.description import load_description
 
 DATASET_NAMES = ("camvid", "voc", "cityscapes", "ade20k", "folder")
@@ -46,6 +48,7 @@ class SplitStats:
     label_pixels: Counter = field(default_factory=Counter)  # label -> pixels
     present_pixels: Counter = field(default_factory=Counter)  # label -> total pixels of masks holding it
     bad_values: Counter = field(default_factory=Counter)  # stored value -> number of masks holding it
+    bands: BandMoments = field(default_factory=BandMoments)  # per-band moments (full-precision data only)
 
 
 def median_frequency_weights(class_pixels: Sequence[int], present_pixels: Sequence[int]) -> np.ndarray:
@@ -77,6 +80,7 @@ class CheckReport:
     problems: list[tuple[str, str, str]]  # (split, file, message)
     warnings: list[str]
     weights_split: str  # the split the weights come from: "train" if there is one, else all
+    bands: int | None = None  # full-precision band count (None: 8-bit RGB, no band statistics)
 
     @property
     def errors(self) -> list[tuple[str, str]]:
@@ -112,8 +116,19 @@ class CheckReport:
     def enet_weights(self) -> np.ndarray:
         return enet_weights(self.class_pixels(self._weights_source()))
 
+    def band_statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """Per-band mean and std over the weights' split (``None`` for 8-bit RGB data or no readable image)."""
+        if self.bands is None:
+            return None
+        moments = BandMoments()
+        for name, s in self.splits.items():
+            if self.weights_split == "all" or name == self.weights_split:
+                moments.merge(s.bands)
+        return moments.result() if moments.count else None
+
     def to_dict(self) -> dict[str, Any]:
         """Everything as plain JSON-serialisable types."""
+        stats = self.band_statistics()
         splits = {}
         for name, s in self.splits.items():
             splits[name] = {
@@ -135,6 +150,8 @@ class CheckReport:
                 "median_frequency": [round(float(w), 6) for w in self.median_frequency_weights],
                 "enet": [round(float(w), 6) for w in self.enet_weights],
             },
+            "bands": None if stats is None else {"count": self.bands, "split": self.weights_split,
+                                                 "mean": list(stats[0]), "std": list(stats[1])},
             "errors": [{"split": s, "file": f, "message": m} for s, f, m in self.problems],
             "warnings": list(self.warnings),
         }
@@ -158,6 +175,12 @@ class CheckReport:
         ignored = "".join(f"{self.splits[n].label_pixels.get(self.ignore_index, 0):>12}" for n in names)
         lines.append(f"{'(ignored px)':<{width}}{ignored}")
         lines.append(f"weights computed on: {self.weights_split}")
+        stats = self.band_statistics()
+        if stats is not None:
+            lines.append(f"per-band statistics of {self.weights_split} ({self.bands} bands, full precision); "
+                         "for the dataset description:")  # fmt: skip
+            lines.append(f"mean: [{', '.join(f'{v:.6g}' for v in stats[0])}]")
+            lines.append(f"std: [{', '.join(f'{v:.6g}' for v in stats[1])}]")
         for name, s in self.splits.items():
             if s.bad_values:
                 shown = ", ".join(f"{v} ({n} masks)" for v, n in sorted(s.bad_values.items())[:20])
@@ -204,8 +227,14 @@ def check_dataset(
     num_classes: int | None = None,
     ignore_index: int | None = None,
     class_names: Sequence[str] | None = None,
+    bands: int | None = None,
+    windows: bool = False,
 ) -> CheckReport:
     """Read every pair of every split in ``datasets`` (split name -> dataset) and report all problems.
+
+    With ``bands``, images are read at full precision (as such a dataset reads them: each must have
+    ``bands`` bands) and the report carries their per-band mean and std. With ``windows``, pairs are
+    large (image raster, label raster) pairs, read block by block as a window dataset reads them.
 
     A dataset is anything with ``pairs`` (``(image_path, mask_path)``) and optionally
     ``decoder`` (a :class:`MaskDecoder`; without one, stored values are class indices)
@@ -222,6 +251,7 @@ def check_dataset(
     if ignore_index is None:
         ignore_index = getattr(first, "ignore_index", getattr(getattr(first, "decoder", None), "ignore_index", 255))
     declared = num_classes is not None
+    check_pair = _check_raster_pair if windows else _check_pair
     problems: list[tuple[str, str, str]] = []
     stats: dict[str, SplitStats] = {}
     for split, ds in datasets.items():
@@ -239,7 +269,8 @@ def check_dataset(
         decoder = getattr(ds, "decoder", None)
         for image_path, mask_path in ds.pairs:
             found += [
-                (split, f, m) for f, m in _check_pair(image_path, mask_path, decoder, num_classes, ignore_index, s)
+                (split, f, m)
+                for f, m in check_pair(image_path, mask_path, decoder, num_classes, ignore_index, s, bands)
             ]
         s.errors = len(found)
         problems += found
@@ -253,7 +284,7 @@ def check_dataset(
     if class_names is None or len(class_names) != num_classes:
         class_names = tuple(f"class{i}" for i in range(num_classes))
     weights_split = "train" if "train" in stats else "all"
-    report = CheckReport(tuple(class_names), ignore_index, stats, problems, warnings, weights_split)
+    report = CheckReport(tuple(class_names), ignore_index, stats, problems, warnings, weights_split, bands)
     absent = [c for c, n in zip(report.classes, report.class_pixels(report._weights_source())) if n == 0]
     if absent:
         report.warnings.append(
@@ -263,18 +294,25 @@ def check_dataset(
 
 
 def _check_pair(
-    image_path: Path, mask_path: Path, decoder: MaskDecoder | None, num_classes: int | None, ignore: int, s: SplitStats
+    image_path: Path, mask_path: Path, decoder: MaskDecoder | None, num_classes: int | None, ignore: int, s: SplitStats,
+    bands: int | None = None,
 ) -> list[tuple[str, str]]:
-    """Problems of one pair; adds its pixel counts to ``s``."""
+    """Problems of one pair; adds its pixel counts (and band moments, with ``bands``) to ``s``."""
     problems = []
     size = None
     try:
-        with Image.open(image_path) as im:
-            im.seek(0)
-            im.load()  # PIL decodes lazily: without this a truncated file passes
-            size = im.size
-            if im.mode == "F":
-                problems.append((str(image_path), "floating-point image (mode F) is not supported"))
+        if bands is not None:
+            pixels, valid = read_bands(Path(image_path), bands)
+            size = (pixels.shape[1], pixels.shape[0])
+            s.bands.add(pixels, valid)
+        else:
+            with Image.open(image_path) as im:
+                im.seek(0)
+                im.load()  # PIL decodes lazily: without this a truncated file passes
+                size = im.size
+                if im.mode == "F":
+                    problems.append((str(image_path), "floating-point image (mode F): read it at full precision "
+                                                      "(bands: 1 in the dataset description)"))  # fmt: skip
     except Exception as exc:  # noqa: BLE001 -- any reader failure is a finding, not a crash
         problems.append((str(image_path), f"unreadable image: {type(exc).__name__}: {exc}"))
     colour = decoder is not None and decoder.is_colour
@@ -289,6 +327,15 @@ def _check_pair(
             (str(mask_path), f"mask is {mask_size[0]}x{mask_size[1]} but image {image_path} is {size[0]}x{size[1]}")
         )
     values, counts = _stored_values(stored, colour)
+    return problems + _tally(values, counts, stored.shape[0] * stored.shape[1], mask_path, decoder, num_classes, ignore,
+                             s, colour)  # fmt: skip
+
+
+def _tally(values: list[Any], counts: Sequence[int], pixels: int, mask_path: Path, decoder: MaskDecoder | None,
+           num_classes: int | None, ignore: int, s: SplitStats, colour: bool) -> list[tuple[str, str]]:  # fmt: skip
+    """Add one mask's stored ``values`` (with pixel ``counts``, of ``pixels`` in all) to ``s``; problems for
+    values that are no declared class."""
+    problems = []
     bad = []
     for value, count in zip(values, counts):
         label = _decode(value, decoder)
@@ -296,13 +343,62 @@ def _check_pair(
             bad.append(value)
             continue
         s.label_pixels[label] += int(count)
-        s.present_pixels[label] += int(stored.shape[0] * stored.shape[1])
+        s.present_pixels[label] += int(pixels)
     if bad:
         s.bad_values.update(bad)
         known = f"classes 0..{num_classes - 1}" if num_classes is not None else "a class"
         what = "colours" if colour else "values"
         problems.append((str(mask_path), f"mask {what} {list_some(bad)} are not {known} or ignore_index {ignore}"))
     return problems
+
+
+def _check_raster_pair(
+    image_path: Path, mask_path: Path, decoder: MaskDecoder | None, num_classes: int | None, ignore: int, s: SplitStats,
+    bands: int | None = None,
+) -> list[tuple[str, str]]:
+    """:func:`_check_pair` for rasters too large to read whole: headers compared, then the label raster
+    (and, with ``bands``, the image) read one GDAL block at a time."""
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        try:
+            with rasterio.open(image_path) as image, rasterio.open(mask_path) as label:
+                problem = _raster_pair_problem(image, label, image_path, mask_path, bands)
+                if problem is not None:
+                    return [problem]
+                stored: Counter = Counter()
+                for _, window in label.block_windows(1):
+                    counts = np.bincount(label.read(1, window=window).ravel().astype(np.int64))
+                    stored.update({int(v): int(counts[v]) for v in np.flatnonzero(counts)})
+                if bands is not None:
+                    masked = not all(rasterio.enums.MaskFlags.all_valid in f for f in image.mask_flag_enums)
+                    for _, window in image.block_windows(1):
+                        pixels = image.read(window=window).transpose(1, 2, 0).astype(np.float32)
+                        valid = np.isfinite(pixels).all(axis=2)
+                        if masked:
+                            valid &= image.dataset_mask(window=window) > 0
+                        s.bands.add(pixels, valid)
+        except rasterio.errors.RasterioIOError as exc:
+            return [(str(mask_path), f"unreadable raster pair: {exc}")]
+    values = sorted(stored)
+    return _tally(values, [stored[v] for v in values], label.height * label.width, mask_path, decoder, num_classes,
+                  ignore, s, False)  # fmt: skip
+
+
+def _raster_pair_problem(image: Any, label: Any, image_path: Path, mask_path: Path,
+                         bands: int | None) -> tuple[str, str] | None:  # fmt: skip
+    """What makes an open (image, label) raster pair unusable as a window dataset reads it, from the headers."""
+    if (image.height, image.width) != (label.height, label.width):
+        return (str(mask_path), f"label raster is {label.width}x{label.height} but image {image_path} is "
+                                f"{image.width}x{image.height}")  # fmt: skip
+    if label.count != 1:
+        return (str(mask_path), f"label raster has {label.count} bands; it must have one (the class values)")
+    if label.dtypes[0] not in ("uint8", "uint16", "int16", "int32", "uint32"):
+        return (str(mask_path), f"label raster holds {label.dtypes[0]} values; it must hold integer class values")
+    if bands is not None and image.count != bands:
+        return (str(image_path), f"has {image.count} band(s) but the dataset reads {bands}")
+    return None
 
 
 def _stored_values(stored: np.ndarray, colour: bool) -> tuple[list[Any], np.ndarray]:
@@ -343,6 +439,8 @@ def check_path(path_or_name: str | Path, root: str | Path | None = None) -> Chec
             num_classes=desc.num_classes,
             ignore_index=desc.ignore_index,
             class_names=desc.classes,
+            bands=desc.bands,
+            windows=desc.windows is not None,
         )
     name = target.lower()
     if name not in DATASET_NAMES:

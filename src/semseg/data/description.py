@@ -10,7 +10,15 @@ mask_suffix: ""                        # optional: a.jpg pairs with a<mask_suffi
 splits:
   train: {images: train/images, masks: train/masks}
   val: {images: val/images, masks: val/masks}
+bands: 4                               # optional: read N bands at full precision (16-bit, float, multispectral)
+mean: [412.0, 530.5, 301.2, 2210.0]    # optional with bands: per-band statistics in stored units
+std: [120.3, 140.2, 98.7, 610.9]       #   (`semseg data check` measures them; else `semseg train` does)
+windows: {size: [512, 512], per_epoch: 2000, class_balanced: true}   # optional: big image/label rasters
 ```
+
+With ``windows``, each split's files are pairs of large (image raster, label raster) read a
+window at a time (:class:`~semseg.data.windows.RasterWindows`): random windows for training,
+a grid covering every pixel once for validation and evaluation.
 
 Paths are relative to the YAML file. ``mask_format`` says how masks code classes:
 ``index`` masks hold class indices (or values translated by ``value_map``); ``rgb``
@@ -31,9 +39,12 @@ import yaml
 
 from semseg.data.base import MaskDecoder, SplitFiles, Transform
 from semseg.data.folder import FolderDataset, scan_folder_pairs
+from semseg.data.windows import RasterWindows
 
 MASK_FORMATS = ("index", "rgb", "binary")
-_KEYS = ("name", "classes", "ignore_index", "mask_format", "value_map", "ignore_color", "mask_suffix", "splits")
+_KEYS = ("name", "classes", "ignore_index", "mask_format", "value_map", "ignore_color", "mask_suffix", "splits", "bands",
+         "mean", "std", "windows")  # fmt: skip
+_WINDOW_KEYS = ("size", "per_epoch", "class_balanced")
 _SPLIT_KEYS = ("images", "masks")
 _BINARY_VALUES = {0: 0, 255: 1}
 
@@ -65,6 +76,10 @@ class DatasetDescription:
     value_map: Mapping[int, int] | None = None
     ignore_color: Colour | None = None
     mask_suffix: str = ""
+    bands: int | None = None  # None: 8-bit RGB; N: N bands at full precision
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    windows: Mapping[str, Any] | None = None  # RasterWindows' size, per_epoch, class_balanced
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -97,13 +112,21 @@ class DatasetDescription:
     def scan_split(self, split: str) -> SplitFiles:
         """``split``'s pairs and problems, paired as :meth:`dataset` pairs them, without raising."""
         folders = self.splits[split]
-        return scan_folder_pairs(folders.images, folders.masks, mask_suffix=self.mask_suffix, decoder=self.decoder())
+        return scan_folder_pairs(folders.images, folders.masks, mask_suffix=self.mask_suffix, decoder=self.decoder(),
+                                 arrays=self.bands is not None)  # fmt: skip
 
-    def dataset(self, split: str, transform: Transform | None = None) -> FolderDataset:
-        """The :class:`FolderDataset` of ``split``, carrying this description's classes and palette."""
+    def dataset(self, split: str, transform: Transform | None = None, *, sampling: str = "grid",
+                seed: int = 0) -> FolderDataset | RasterWindows:  # fmt: skip
+        """The :class:`FolderDataset` of ``split``, carrying this description's classes and palette; with
+        ``windows``, its :class:`RasterWindows` (``sampling``: ``"random"`` for training, else ``"grid"``)."""
         if split not in self.splits:
             raise KeyError(f"{self.name} has no split {split!r}; its splits are {sorted(self.splits)}")
         folders = self.splits[split]
+        if self.windows is not None:
+            pairs = self.scan_split(split).checked_pairs()
+            return RasterWindows(pairs, self.decoder(), classes=self.classes, palette=self.palette, mode=sampling,
+                                 seed=seed, transform=transform, bands=self.bands, mean=self.mean, std=self.std,
+                                 **self.windows)  # fmt: skip
         return FolderDataset(
             images_dir=folders.images,
             masks_dir=folders.masks,
@@ -114,6 +137,9 @@ class DatasetDescription:
             ignore_index=self.ignore_index,
             mask_suffix=self.mask_suffix,
             transform=transform,
+            bands=self.bands,
+            mean=self.mean,
+            std=self.std,
         )
 
 
@@ -173,6 +199,8 @@ def parse_description(raw: Any, *, base: Path, source: Path | None = None) -> Da
     mask_suffix = raw.get("mask_suffix", "")
     if not isinstance(mask_suffix, str):
         raise fail("mask_suffix", f"expected a string, got {mask_suffix!r}")
+    bands, mean, std = _parse_bands(raw, fail)
+    windows = _parse_windows(raw.get("windows"), fail)
     return DatasetDescription(
         name=name,
         classes=classes,
@@ -183,8 +211,56 @@ def parse_description(raw: Any, *, base: Path, source: Path | None = None) -> Da
         value_map=value_map,
         ignore_color=ignore_color,
         mask_suffix=mask_suffix,
+        bands=bands,
+        mean=mean,
+        std=std,
+        windows=windows,
         source=source,
     )
+
+
+def _parse_bands(raw: dict, fail: Any) -> tuple[int | None, tuple[float, ...] | None, tuple[float, ...] | None]:
+    """``bands`` and its optional per-band ``mean``/``std`` (only with ``bands``; 8-bit RGB uses ImageNet's)."""
+    bands = raw.get("bands")
+    if bands is not None and (not _is_int(bands) or bands < 1):
+        raise fail("bands", f"expected a positive integer (the images' band count), got {bands!r}")
+    stats = []
+    for key in ("mean", "std"):
+        value = raw.get(key)
+        if value is None:
+            stats.append(None)
+            continue
+        if bands is None:
+            raise fail(key, "only used with bands (8-bit RGB images are normalised with ImageNet's statistics)")
+        if not (isinstance(value, list) and len(value) == bands
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):  # fmt: skip
+            raise fail(key, f"expected {bands} numbers (one per band), got {value!r}")
+        if key == "std" and min(value) <= 0:
+            raise fail(key, f"every band's std must be > 0, got {value!r}")
+        stats.append(tuple(float(v) for v in value))
+    if (stats[0] is None) != (stats[1] is None):
+        raise fail("mean" if stats[0] is None else "std", "give mean and std together")
+    return bands, stats[0], stats[1]
+
+
+def _parse_windows(value: Any, fail: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise fail("windows", f"expected {{size: [H, W], per_epoch: N, class_balanced: bool}}, got {value!r}")
+    extra = sorted(str(k) for k in value if k not in _WINDOW_KEYS)
+    if extra:
+        raise fail(f"windows.{extra[0]}", f"unknown key; valid keys are {', '.join(_WINDOW_KEYS)}")
+    size = value.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v >= 32 for v in size)):
+        raise fail("windows.size", f"expected [H, W] with both >= 32, got {size!r}")
+    per_epoch = value.get("per_epoch", 1000)
+    if not _is_int(per_epoch) or per_epoch < 1:
+        raise fail("windows.per_epoch", f"expected a positive integer (windows per training epoch), got {per_epoch!r}")
+    balanced = value.get("class_balanced", False)
+    if not isinstance(balanced, bool):
+        raise fail("windows.class_balanced", f"expected true or false, got {balanced!r}")
+    return {"size": list(size), "per_epoch": per_epoch, "class_balanced": balanced}
 
 
 def _is_int(value: Any) -> bool:

@@ -5,21 +5,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from semseg.data.base import IMAGE_SUFFIXES, MaskDecoder, PairedDataset, SplitFiles, Transform, list_some
+from semseg.data.base import ARRAY_SUFFIX, IMAGE_SUFFIXES, MaskDecoder, PairedDataset, SplitFiles, Transform, list_some
 
 
 def scan_folder_pairs(
-    images_dir: Path, masks_dir: Path, *, mask_suffix: str = "", decoder: MaskDecoder | None = None
+    images_dir: Path, masks_dir: Path, *, mask_suffix: str = "", decoder: MaskDecoder | None = None,
+    arrays: bool = False,
 ) -> SplitFiles:
-    """``(image, mask)`` pairs whose names match: ``a.jpg`` with ``a<mask_suffix>.png`` (any image type).
+    """``(image, mask)`` pairs whose names match: ``a.jpg`` with ``a<mask_suffix>.png`` (any image type;
+    with ``arrays``, for data read at full precision, ``.npy`` files too).
 
     Every image needs a mask and every mask an image, because a silently dropped half
     usually means a wrong folder; each unmatched or ambiguously named file is a problem.
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     files = SplitFiles(decoder=decoder)
-    images = _files_by_stem(images_dir, "", files)
-    masks = _files_by_stem(masks_dir, mask_suffix, files)
+    suffixes = (*IMAGE_SUFFIXES, ARRAY_SUFFIX) if arrays else IMAGE_SUFFIXES
+    images = _files_by_stem(images_dir, "", files, suffixes)
+    masks = _files_by_stem(masks_dir, mask_suffix, files, suffixes)
     no_mask = sorted(set(images) - set(masks))
     no_image = sorted(set(masks) - set(images))
     if no_mask or no_image:
@@ -35,13 +38,13 @@ def scan_folder_pairs(
             *[(str(masks[s]), f"mask has no image {s}.* in {images_dir}") for s in no_image],
         )
     if not images:
-        files.fail(FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}"))
+        files.fail(FileNotFoundError(f"no images ({', '.join(suffixes)}) in {images_dir}"))
     files.pairs = [(images[s], masks[s]) for s in sorted(set(images) & set(masks))]
     files.images, files.masks = len(images), len(masks)
     return files
 
 
-def _files_by_stem(folder: Path, strip: str, files: SplitFiles) -> dict[str, Path]:
+def _files_by_stem(folder: Path, strip: str, files: SplitFiles, suffixes: tuple[str, ...]) -> dict[str, Path]:
     """Image files in ``folder`` keyed by stem (minus the suffix ``strip``); a missing folder or a
     second file with a taken stem (``a.png`` beside ``a.jpg``) is a problem recorded in ``files``."""
     if not folder.is_dir():
@@ -50,7 +53,7 @@ def _files_by_stem(folder: Path, strip: str, files: SplitFiles) -> dict[str, Pat
     found: dict[str, Path] = {}
     clashes: list[tuple[Path, Path]] = []
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p.stem.endswith(strip):
+        if p.is_file() and p.suffix.lower() in suffixes and p.stem.endswith(strip):
             stem = p.stem[: len(p.stem) - len(strip)]
             if stem in found:
                 clashes.append((p, found[stem]))
@@ -65,9 +68,11 @@ def _files_by_stem(folder: Path, strip: str, files: SplitFiles) -> dict[str, Pat
     return found
 
 
-def pair_by_stem(images_dir: Path, masks_dir: Path, *, mask_suffix: str = "") -> list[tuple[Path, Path]]:
+def pair_by_stem(
+    images_dir: Path, masks_dir: Path, *, mask_suffix: str = "", arrays: bool = False
+) -> list[tuple[Path, Path]]:
     """The pairs :func:`scan_folder_pairs` finds; raises on the first problem, listing the unmatched names."""
-    return scan_folder_pairs(images_dir, masks_dir, mask_suffix=mask_suffix).checked_pairs()
+    return scan_folder_pairs(images_dir, masks_dir, mask_suffix=mask_suffix, arrays=arrays).checked_pairs()
 
 
 def scan_splits(root: Path) -> dict[str, SplitFiles]:
@@ -96,7 +101,9 @@ class FolderDataset(PairedDataset):
 
     Values or colours not covered raise an error naming the file and the values.
     ``classes`` is the class names or just their number. ``mask_suffix="_mask"`` pairs
-    ``a.jpg`` with ``a_mask.png``.
+    ``a.jpg`` with ``a_mask.png``. ``bands=N`` reads images at full precision instead of as
+    8-bit RGB -- N bands of 8/16-bit, integer or float samples from PNG, TIFF (with rasterio:
+    any band count) or ``.npy`` files -- normalised by ``mean``/``std`` in the stored units.
     """
 
     def __init__(
@@ -112,6 +119,9 @@ class FolderDataset(PairedDataset):
         ignore_index: int = 255,
         mask_suffix: str = "",
         transform: Transform | None = None,
+        bands: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         if (root is None) == (images_dir is None or masks_dir is None):
             raise ValueError("pass either root (holding images/ and masks/) or both images_dir and masks_dir")
@@ -123,5 +133,6 @@ class FolderDataset(PairedDataset):
             if set(by_class) == set(range(len(names))):
                 palette = [by_class[i] for i in range(len(names))]
         decoder = MaskDecoder(len(names), ignore_index=ignore_index, value_map=value_map, colors=colors)
-        pairs = pair_by_stem(Path(images_dir), Path(masks_dir), mask_suffix=mask_suffix)
-        super().__init__(pairs, decoder, classes=names, palette=palette, transform=transform)
+        pairs = pair_by_stem(Path(images_dir), Path(masks_dir), mask_suffix=mask_suffix, arrays=bands is not None)
+        super().__init__(pairs, decoder, classes=names, palette=palette, transform=transform, bands=bands, mean=mean,
+                         std=std)  # fmt: skip

@@ -1,7 +1,7 @@
 """Joint image + mask transforms for training and evaluation.
 
-Each transform takes ``(image, mask, rng)``: a uint8 ``(H, W, 3)`` numpy image, an
-int64 ``(H, W)`` numpy mask and a ``numpy.random.Generator``, and returns the new
+Each transform takes ``(image, mask, rng)``: a uint8 ``(H, W, 3)`` numpy image (or a
+float32 ``(H, W, bands)`` one read at full precision), an int64 ``(H, W)`` numpy mask and a ``numpy.random.Generator``, and returns the new
 pair. Geometry is applied to both; photometric changes to the image only. Masks are
 only ever resampled nearest-neighbour (by index arithmetic, never interpolation), so
 their set of values never grows -- padding adds ``ignore_index`` and nothing else.
@@ -43,11 +43,19 @@ def _size2(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a uint8 ``(H, W, 3)`` image to ``(height, width)``."""
+    """Bilinear resize of a uint8 ``(H, W, 3)`` or float32 ``(H, W, bands)`` image to ``(height, width)``.
+
+    Float bands are resized one at a time by the same PIL filter as RGB (mode "F", 32-bit
+    float), so full-precision data is never quantised on the way.
+    """
     h, w = size
     if image.shape[:2] == (h, w):
         return image
-    return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    if image.dtype == np.uint8 and image.shape[2] == 3:
+        return np.array(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+    bands = [Image.fromarray(np.ascontiguousarray(image[..., b], dtype=np.float32)).resize((w, h), Image.BILINEAR)
+             for b in range(image.shape[2])]  # fmt: skip
+    return np.stack([np.asarray(band) for band in bands], axis=2)
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -124,23 +132,24 @@ class RandomScale:
 class RandomCrop:
     """Crop ``size`` at a random place, first padding bottom/right up to ``size`` if smaller.
 
-    The image is padded with ``fill`` (an RGB triple: 0, or the dataset mean so that it
+    The image is padded with ``fill`` (one value per band: 0, or the dataset mean so that it
     normalises to zero), the mask with ``ignore_index`` so padding never counts in the
     loss.
     """
 
-    def __init__(self, size: int | Sequence[int], *, ignore_index: int = 255, fill: Sequence[int] = (0, 0, 0)) -> None:
+    def __init__(self, size: int | Sequence[int], *, ignore_index: int = 255,
+                 fill: Sequence[float] = (0, 0, 0)) -> None:  # fmt: skip
         self.size = _size2(size)
         self.ignore_index = ignore_index
-        self.fill = np.asarray(fill, dtype=np.uint8)
+        self.fill = np.asarray(fill, dtype=np.float64)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
         ch, cw = self.size
         h, w = mask.shape
         if h < ch or w < cw:
             ph, pw = max(ch, h), max(cw, w)
-            padded = np.empty((ph, pw, 3), dtype=image.dtype)
-            padded[:] = self.fill
+            padded = np.empty((ph, pw, image.shape[2]), dtype=image.dtype)
+            padded[:] = self.fill.astype(image.dtype)
             padded[:h, :w] = image
             padded_mask = np.full((ph, pw), self.ignore_index, dtype=mask.dtype)
             padded_mask[:h, :w] = mask
@@ -174,7 +183,8 @@ class RandomQuarterTurn:
 class ColorJitter:
     """Random brightness, contrast, saturation (factors in ``1 +- value``) and hue shift (``+- hue`` turns).
 
-    Image only: photometric changes must not move labels.
+    Image only: photometric changes must not move labels. A full-precision (float) image gets
+    brightness and contrast only, unclipped (saturation and hue are RGB notions).
     """
 
     def __init__(
@@ -187,6 +197,8 @@ class ColorJitter:
         factors = [rng.uniform(1 - v, 1 + v) for v in (self.brightness, self.contrast, self.saturation)]
         x = x * factors[0]
         x = (x - x.mean()) * factors[1] + x.mean()
+        if image.dtype != np.uint8:
+            return x, mask
         grey = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         x = (x - grey[..., None]) * factors[2] + grey[..., None]
         out = np.clip(np.rint(x), 0, 255).astype(np.uint8)
@@ -198,16 +210,22 @@ class ColorJitter:
 
 
 class Normalize:
-    """Last step: image to float ``(3, H, W)`` tensor, ``(x / 255 - mean) / std``; mask to a long tensor."""
+    """Last step: image to float ``(C, H, W)`` tensor, ``(x / pixel_scale - mean) / std``; mask to a long tensor.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    ``pixel_scale`` is 255 for 8-bit RGB (``mean``/``std`` as fractions, ImageNet's convention) and 1
+    for images read at full precision (``mean``/``std`` in the stored units).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], *, pixel_scale: float = 255.0) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+        self.pixel_scale = float(pixel_scale)
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        x = x.div_(self.pixel_scale) if self.pixel_scale != 1 else x
         return (x - self.mean) / self.std, torch.from_numpy(np.ascontiguousarray(mask)).long()
 
 
@@ -220,22 +238,29 @@ def train_transforms(
     ignore_index: int = 255,
     color_jitter: bool = False,
     seed: int | None = None,
+    pixel_scale: float = 255.0,
 ) -> Compose:
-    """The usual recipe: random scale, crop (image padded with the mean), flip, [jitter], normalise."""
-    fill = tuple(round(m * 255) for m in mean)
+    """The usual recipe: random scale, crop (image padded with the mean), flip, [jitter], normalise.
+
+    ``pixel_scale``: 255 for 8-bit RGB, 1 for full-precision images (see :class:`Normalize`).
+    """
+    fill = tuple(m * pixel_scale for m in mean)
+    fill = tuple(round(f) for f in fill) if pixel_scale == 255 else fill
     steps: list[JointTransform] = [RandomScale(scale), RandomCrop(crop_size, ignore_index=ignore_index, fill=fill)]
     steps.append(RandomHorizontalFlip())
     if color_jitter:
         steps.append(ColorJitter())
-    steps.append(Normalize(mean, std))
+    steps.append(Normalize(mean, std, pixel_scale=pixel_scale))
     return Compose(steps, seed=seed)
 
 
-def eval_transforms(mean: Sequence[float], std: Sequence[float], *, size: int | Sequence[int] | None = None) -> Compose:
-    """Deterministic evaluation transform: optional resize, then normalise. Default: full resolution."""
+def eval_transforms(mean: Sequence[float], std: Sequence[float], *, size: int | Sequence[int] | None = None,
+                    pixel_scale: float = 255.0) -> Compose:  # fmt: skip
+    """Deterministic evaluation transform: optional resize, then normalise (see :class:`Normalize` for
+    ``pixel_scale``). Default: full resolution."""
     steps: list[JointTransform] = [] if size is None else [Resize(size)]
     # Nothing here is random; a fixed seed also leaves torch's global RNG untouched.
-    return Compose([*steps, Normalize(mean, std)], seed=0)
+    return Compose([*steps, Normalize(mean, std, pixel_scale=pixel_scale)], seed=0)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -101,7 +101,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a file written by :func:`save_weights` (or a shipped model's name), JSON values decoded and checked.
 
     Checked here, once, for everything that reads checkpoints (predict, evaluate, serve,
-    export, resume): types and lengths of ``model_config``, classes, palette, mean/std.
+    export, resume): types and lengths of ``model_config``, classes, palette, mean/std, bands.
     """
     path = resolve_checkpoint(path)
     if not path.is_file():
@@ -160,6 +160,9 @@ def _check_metadata(meta: dict[str, Any], path: Path) -> None:
                 fail(key, f"has {len(values)} values for {in_channels} input channels")
             if key == "std" and min(values) <= 0:
                 fail(key, f"must be > 0 for every channel, got {values}")
+    bands = meta.get("bands")  # absent (older files) or None: 8-bit RGB input
+    if bands is not None and (not isinstance(bands, int) or isinstance(bands, bool) or bands != in_channels):
+        fail("bands", f"must be null or the model's {in_channels} input channels, got {bands!r}")
     if "ignore_index" in meta and (not isinstance(meta["ignore_index"], int) or isinstance(meta["ignore_index"], bool)):
         fail("ignore_index", f"must be an int, got {meta['ignore_index']!r}")
 

@@ -68,8 +68,13 @@ def _fit(
     summary_writer = _summary_writer_class(config)  # before any work: fails if asked for but not installed
     torch.manual_seed(config.seed)  # same initial weights on every rank
     data = build_datasets(config)
+    in_channels = config.model.options.get("in_channels", data.channels)
+    if in_channels != data.channels:
+        raise ConfigError(f"model.options.in_channels is {in_channels} but the dataset's images have "
+                          f"{data.channels} channel(s); drop the option (it follows the data) or set it to {data.channels}")  # fmt: skip
     try:
-        model = create_model(config.model.name, num_classes=len(data.classes), **config.model.options)
+        options = {**config.model.options, "in_channels": in_channels} if data.channels != 3 else config.model.options
+        model = create_model(config.model.name, num_classes=len(data.classes), **options)
     except OptionError as exc:
         raise ConfigError(f"model.options: {exc}") from None
     if config.model.init_from is not None and not resume:  # a resumed run has its own weights
@@ -125,8 +130,9 @@ def _fit(
             sampler.set_epoch(epoch)
             loader_rng.manual_seed(config.seed * 100_003 + epoch)
             transform = getattr(data.train, "transform", None)
-            if hasattr(transform, "reseed"):
-                transform.reseed(config.seed * 100_003 + epoch)
+            for reseeded in (transform, data.train):  # augmentations, and the windows of large rasters
+                if hasattr(reseeded, "reseed"):
+                    reseeded.reseed(config.seed * 100_003 + epoch)
             stats = train_one_epoch(
                 net, train_loader, optimizer, loss_fn, scheduler=scheduler, device=dist.device, amp=config.amp,
                 scaler=scaler, grad_accum=config.grad_accum, clip_grad_norm=config.clip_grad_norm,
@@ -222,7 +228,7 @@ def _evaluate(model: nn.Module, loader: DataLoader, data: DatasetBundle, dist: d
 def _metadata(config: TrainConfig, data: DatasetBundle) -> dict[str, Any]:
     """What a predictor needs besides the weights: classes, colours, normalisation, and how it was made."""
     return {"classes": list(data.classes), "palette": [list(c) for c in data.palette], "mean": list(data.mean),
-            "std": list(data.std), "ignore_index": data.ignore_index, "config": config.to_dict(),
+            "std": list(data.std), "bands": data.bands, "ignore_index": data.ignore_index, "config": config.to_dict(),
             "semseg_version": __version__}  # fmt: skip
 
 

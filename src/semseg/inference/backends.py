@@ -36,7 +36,7 @@ from semseg.pretrained import resolve_checkpoint
 ENGINES = ("torch", "torch-channels-last", "onnxruntime", "openvino")
 BACKENDS = ("auto", *ENGINES)
 # What `semseg export` stores in a model file besides the weights, and the part a predictor needs.
-META_KEYS = ("classes", "palette", "mean", "std", "model_config")
+META_KEYS = ("classes", "palette", "mean", "std", "bands", "model_config")
 REQUIRED_META = ("classes", "palette", "mean", "std")
 INSTALL_HINT = {"onnxruntime": "pip install onnxruntime", "openvino": 'pip install "semseg[openvino]"'}
 # What each engine runs: a semseg checkpoint, an ONNX file, an OpenVINO IR file, or a torch model in

@@ -44,11 +44,21 @@ def evaluate_checkpoint(
     """
     predictor = Predictor.from_checkpoint(checkpoint, device=device, backend=backend, tile=tile, flip=flip,
                                           scales=scales)  # fmt: skip
-    data = open_dataset(dataset, split, root=root)
+    # A folder has no class list of its own: it has the checkpoint's classes (whose indices its masks hold) and bands.
+    folder = {"classes": predictor.classes, "bands": predictor.bands}
+    data = open_dataset(dataset, split, root=root, options=folder if dataset == "folder" else None)
     if list(data.classes) != predictor.classes:
         raise ValueError(f"{checkpoint} predicts {len(predictor.classes)} classes {predictor.classes[:5]}... but "
                          f"{dataset} has {len(data.classes)} {list(data.classes)[:5]}...; "
                          "evaluate on the dataset it was trained for")  # fmt: skip
+    if getattr(data, "bands", None) != predictor.bands:
+        def what(bands: int | None) -> str:
+            return "8-bit RGB" if bands is None else f"{bands} band(s) at full precision"
+
+        raise ValueError(f"{checkpoint} reads {what(predictor.bands)} but {dataset} gives {what(data.bands)}; "
+                         "evaluate on data described as the model was trained (the description's bands:)")  # fmt: skip
+    if data.bands is not None:  # no-data pixels are filled with the model's mean, as in training
+        data.set_statistics(predictor.mean.flatten().tolist(), predictor.std.flatten().tolist())
     pairs = ((torch.from_numpy(predictor(image).astype(np.int64)), torch.from_numpy(mask))
              for image, mask in (data.raw(i) for i in progress_bar(range(len(data)), desc="evaluate", enabled=progress)))
     mat, per_image = score_predictions(pairs, num_classes=len(data.classes), ignore_index=data.ignore_index)

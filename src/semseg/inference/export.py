@@ -42,7 +42,8 @@ def export(
     metadata = {key: json.dumps(meta[key]) for key in META_KEYS if key in meta}
     out = openvino_path(checkpoint, out) if fmt == "openvino" else Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(1, 3, 64, 64)
+    channels = meta["model_config"].get("in_channels", 3)
+    example = torch.randn(1, channels, 64, 64)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript-based exporters announce their deprecation
         if fmt == "onnx":
@@ -62,7 +63,7 @@ def export(
     worst = 0.0
     generator = torch.Generator().manual_seed(0)
     for batch, (h, w) in enumerate(check_sizes, start=1):
-        x = torch.randn(min(batch, 2), 3, h, w, generator=generator)
+        x = torch.randn(min(batch, 2), channels, h, w, generator=generator)
         with torch.no_grad():
             expected = model(x).numpy()
         worst = max(worst, float(np.abs(run(x.numpy()) - expected).max()))

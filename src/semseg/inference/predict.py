@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from semseg.data.base import IMAGE_SUFFIXES
+from semseg.data.base import ARRAY_SUFFIX, IMAGE_SUFFIXES
 from semseg.inference.pipeline import run_pipeline
-from semseg.inference.predictor import ImageTooLarge, Predictor, to_rgb_array
+from semseg.inference.predictor import ImageTooLarge, Predictor
 from semseg.inference.raster import RasterError, is_streamed, predict_raster
 from semseg.progress import progress_bar
 from semseg.visualize import cutout, overlay, palette_image
@@ -30,10 +30,10 @@ VIDEO_HINT = 'reading videos needs OpenCV: pip install "semseg[video]"'
 MAX_PIXELS = 100_000_000  # the default --max-pixels: 10,000 x 10,000 (larger images are refused from their header)
 
 
-def expand_inputs(inputs: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Image and video files named directly, inside folders (not recursive) or matched by globs;
-    plus the inputs that matched nothing."""
-    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+def expand_inputs(inputs: Sequence[str], *, arrays: bool = False) -> tuple[list[Path], list[str]]:
+    """Image and video files named directly, inside folders (not recursive) or matched by globs (with
+    ``arrays``, for a model of full-precision bands, ``.npy`` files too); plus the inputs that matched nothing."""
+    suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES + ((ARRAY_SUFFIX,) if arrays else ())
     files, missing = [], []
     for item in inputs:
         path = Path(item)
@@ -77,6 +77,8 @@ def predict_files(
     probs: bool = False,
     max_pixels: int = MAX_PIXELS,
     progress: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> dict:
     """Segment every input; returns a summary. A file that cannot be read, declares more than
     ``max_pixels`` pixels (a TIFF is then streamed instead), or runs out of memory is reported in
@@ -90,10 +92,37 @@ def predict_files(
     if unknown:
         raise ValueError(f"--cutout class(es) {', '.join(unknown)} not in the model's classes: {', '.join(predictor.classes)}")
     keep = [predictor.classes.index(c) for c in cutout_classes]
-    files, missing = expand_inputs(inputs)
-    failed = {item: "no such file, folder or matching image or video" for item in missing}
+    if predictor.bands is not None and keep:
+        raise ValueError(f"--cutout needs an RGB image to cut from; this model reads {predictor.bands} band(s) at "
+                         "full precision, so it writes masks (and --probs) only")  # fmt: skip
+    files, missing = expand_inputs(inputs, arrays=predictor.bands is not None)
+    failed = {} if rank else {item: "no such file, folder or matching image or video" for item in missing}
+    # Output names over every input, so that each process names its share as one process would.
+    names = output_names([p for p in files if not is_video(p)])
+    video_names = output_names([p for p in files if is_video(p)])
+    files = files[rank::world_size]  # under torchrun each process takes every world_size-th input
+    try:
+        summary = _predict_share(predictor, files, out, failed, names, video_names, overlays=overlays, keep=keep,
+                                 probs=probs, max_pixels=max_pixels, progress=progress)  # fmt: skip
+        error = None
+    except Exception as exc:
+        if world_size == 1:
+            raise
+        # Every process must still reach the gather in _merged, or the others would wait for it.
+        summary, error = {"images": 0, "outputs": {}, "videos": {}, "failed": {}}, exc
+    if world_size > 1:
+        summary = _merged(summary, world_size, error)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _predict_share(predictor: Predictor, files: Sequence[Path], out: Path, failed: dict[str, str],
+                   names: dict[Path, str], video_names: dict[Path, str], *, overlays: bool, keep: Sequence[int],
+                   probs: bool, max_pixels: int, progress: bool) -> dict:  # fmt: skip
+    """Segment ``files`` (this process's share of the inputs) and return their summary."""
     images = [p for p in files if not is_video(p)]
-    names = output_names(images)
     written = {}
     for path in progress_bar(images, desc="predict", enabled=progress):
         try:
@@ -105,7 +134,7 @@ def predict_files(
             failed[str(path)] = str(exc)
             continue
         try:
-            image = to_rgb_array(path, max_pixels=max_pixels)
+            image = predictor.read(path, max_pixels=max_pixels)
         except ImageTooLarge as exc:
             failed[str(path)] = f"{exc} (--max-pixels)"
             continue
@@ -121,12 +150,28 @@ def predict_files(
             failed[str(path)] = f"out of memory segmenting {path} ({w}x{h}); try a smaller --tile, e.g. --tile 512"
             continue
         written[str(path)] = f"{names[path]}.png"
-    videos = predict_videos(predictor, [p for p in files if is_video(p)], out, failed=failed, progress=progress)
-    summary = {"images": len(written), "outputs": written, "videos": videos, "failed": failed, "out": str(out),
-               "backend": predictor.backend}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    videos = predict_videos(predictor, [p for p in files if is_video(p)], out, failed=failed, progress=progress,
+                            names=video_names)  # fmt: skip
+    return {"images": len(written), "outputs": written, "videos": videos, "failed": failed, "out": str(out),
+            "backend": predictor.backend}  # fmt: skip
+
+
+def _merged(summary: dict, world_size: int, error: Exception | None) -> dict:
+    """Every process's summary gathered into one (for each, in input order), as one process would write it.
+    A process that failed re-raises its error, and the others raise one naming it."""
+    import torch.distributed as dist
+
+    parts: list[tuple[dict, str | None]] = [({}, None)] * world_size
+    dist.all_gather_object(parts, (summary, None if error is None else f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    failures = [f"process {rank}: {message}" for rank, (_, message) in enumerate(parts) if message is not None]
+    if failures:
+        raise RuntimeError(f"semseg predict stopped: {'; '.join(failures)}")
+    merged = {**summary, "images": sum(p["images"] for p, _ in parts), "processes": world_size}
+    for key in ("outputs", "videos", "failed"):
+        merged[key] = {k: v for part, _ in parts for k, v in part[key].items()}
+    return merged
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -155,7 +200,7 @@ def _predict_image(
     predictor: Predictor, image: np.ndarray, path: Path, out: Path, name: str, *,
     overlays: bool, keep: Sequence[int], probs: bool,
 ) -> None:  # fmt: skip
-    """Write the mask of the RGB ``image`` read from ``path`` (and its overlay, cut-out, probabilities)."""
+    """Write the mask of ``image`` (as :meth:`Predictor.read` gave it) read from ``path`` (and its overlay, cut-out, probabilities)."""
     if probs:
         mask, probabilities = predictor(image, return_probs=True)
         # float16 halves the file size; class probabilities need no more than ~3 significant digits
@@ -163,7 +208,7 @@ def _predict_image(
     else:
         mask = predictor(image)
     pictures = {"masks": palette_image(mask, predictor.palette)}
-    if overlays:
+    if overlays and predictor.bands is None:  # an overlay needs RGB to draw on
         pictures["overlays"] = overlay(image, mask, predictor.palette)
     if keep:
         pictures["cutouts"] = cutout(image, mask, keep)
@@ -172,7 +217,8 @@ def _predict_image(
 
 
 def predict_videos(
-    predictor: Predictor, videos: Sequence[Path], out: Path, *, failed: dict[str, str], progress: bool = True
+    predictor: Predictor, videos: Sequence[Path], out: Path, *, failed: dict[str, str], progress: bool = True,
+    names: dict[Path, str] | None = None,
 ) -> dict[str, dict]:
     """Segment each video into ``out/videos/<stem>.mp4`` (``.avi`` stays ``.avi``); unreadable ones go to ``failed``.
 
@@ -180,7 +226,12 @@ def predict_videos(
     of the whole loop: decoding, segmenting, drawing the overlay and encoding.
     """
     results = {}
-    for path, name in output_names(videos).items():
+    names = output_names(videos) if names is None else names
+    for path in videos:
+        name = names[path]
+        if predictor.bands is not None:
+            failed[str(path)] = f"videos are RGB; this model reads {predictor.bands} band(s) at full precision"
+            continue
         suffix = ".avi" if path.suffix.lower() == ".avi" else ".mp4"
         target = _target(out, "videos", name + suffix, path)
         try:

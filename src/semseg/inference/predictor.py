@@ -20,12 +20,13 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
-from semseg.data.base import rgb_array
+from semseg.data.base import declared_size, read_bands, rgb_array
 from semseg.inference.backends import load_backend
 from semseg.pretrained import resolve_checkpoint
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
-# read(top, left, rows, cols) -> (rows, cols, 3) uint8 RGB: one window of an image, in memory or in a file
+# read(top, left, rows, cols) -> (rows, cols, 3) uint8 RGB, or (rows, cols, bands) float32 for a model of
+# full-precision bands: one window of an image, in memory or in a file
 WindowReader = Callable[[int, int, int, int], np.ndarray]
 Block = tuple[np.ndarray, int, int]  # (C, rows, cols) float32 probabilities, and their top and left
 MIN_SIZE = 32  # every semseg model accepts inputs from 32x32 up
@@ -101,16 +102,68 @@ def to_rgb_array(image: ImageLike, *, max_pixels: int | None = None) -> np.ndarr
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
 
-def model_input(rgb: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """The ``(1, 3, H, W)`` float tensor a model sees for ``(H, W, 3)`` uint8 ``rgb``: scaled to 0..1,
-    then normalised by ``mean`` and ``std`` (``(1, 3, 1, 1)`` tensors, on the model's device).
+def to_band_array(image: ImageLike, bands: int, *, max_pixels: int | None = None,
+                  fill: Sequence[float] | None = None) -> np.ndarray:  # fmt: skip
+    """``(H, W, bands)`` float32 at full precision from a path (:func:`~semseg.data.base.read_bands`),
+    an ``(H, W[, bands])`` array of any numeric type, or a ``(bands, H, W)`` tensor: the input of a
+    model trained on full-precision bands. A path over ``max_pixels`` is refused from its header. With
+    ``fill`` (one value per band: the model's mean), no-data pixels -- a raster's nodata, NaN or
+    infinite samples -- get it, as in training, instead of feeding the model values it never saw."""
+    valid = None
+    if isinstance(image, (str, Path)):
+        try:
+            h, w = declared_size(Path(image))
+            if max_pixels is not None and h * w > max_pixels:
+                raise ImageTooLarge(f"it is {w}x{h} = {w * h:,} pixels")
+            image, valid = read_bands(Path(image), bands)
+        except ImageTooLarge as exc:
+            limit = f"; the limit is {max_pixels:,} pixels" if max_pixels is not None else ""
+            raise ImageTooLarge(f"cannot read image {image}: {exc}{limit}") from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            detail = str(exc).replace(f"{image}: ", "").replace(f"{image} ", "it ")
+            raise ValueError(f"cannot read image {image}: {detail}") from None
+    if isinstance(image, Image.Image):
+        image = np.asarray(image)
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3:
+            raise ValueError(f"a tensor image must be ({bands}, H, W), got {tuple(image.shape)}")
+        image = image.detach().cpu().permute(1, 2, 0).numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"cannot read an image from {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] != bands or image.dtype.kind not in "uif":
+        raise ValueError(f"the model takes {bands} band(s): give an (H, W, {bands}) array of numbers, got "
+                         f"{image.dtype} {image.shape}")  # fmt: skip
+    pixels = np.array(image, dtype=np.float32)  # a copy: no-data pixels are filled in place
+    if fill is not None:
+        finite = np.isfinite(pixels).all(axis=2)
+        valid = finite if valid is None else valid & finite
+        if not valid.all():
+            pixels[~valid] = np.asarray(fill, dtype=np.float32)
+    return pixels
+
+
+def model_input(pixels: np.ndarray, mean: torch.Tensor, std: torch.Tensor, pixel_scale: float = 255.0) -> torch.Tensor:
+    """The ``(1, C, H, W)`` float tensor a model sees for ``(H, W, C)`` ``pixels`` (uint8 RGB, or float32
+    bands): divided by ``pixel_scale`` (255 for RGB: to 0..1; 1 for bands), then normalised by ``mean``
+    and ``std`` (``(1, C, 1, 1)`` tensors, on the model's device).
 
     Three passes over the pixels (convert-and-transpose, scale, shift) instead of five: 0.4 ms
     instead of 1.3 ms at 360x480 here (docs/benchmarks.md, "Work around the model").
     """
-    x = torch.empty((1, 3, *rgb.shape[:2]), device=mean.device)
-    x.copy_(torch.from_numpy(rgb).to(mean.device).permute(2, 0, 1)[None])  # uint8 HWC -> float NCHW
-    return x.mul_(1 / (255 * std)).add_(-mean / std)  # (x / 255 - mean) / std
+    x = torch.empty((1, pixels.shape[2], *pixels.shape[:2]), device=mean.device)
+    x.copy_(torch.from_numpy(pixels).to(mean.device).permute(2, 0, 1)[None])  # HWC -> float NCHW
+    return x.mul_(1 / (pixel_scale * std)).add_(-mean / std)  # (x / pixel_scale - mean) / std
+
+
+def read_pixels(image: ImageLike, bands: int | None, *, max_pixels: int | None = None,
+                fill: Sequence[float] | None = None) -> np.ndarray:  # fmt: skip
+    """What a model of ``bands`` (``None``: 8-bit RGB) reads from ``image``: :func:`to_rgb_array` or
+    :func:`to_band_array` (no-data pixels given ``fill``)."""
+    if bands is None:
+        return to_rgb_array(image, max_pixels=max_pixels)
+    return to_band_array(image, bands, max_pixels=max_pixels, fill=fill)
 
 
 class Predictor:
@@ -121,6 +174,8 @@ class Predictor:
     Without ``tile``, images over ``max_whole_pixels`` run in windows of ``AUTO_TILE`` pixels a side
     (or ``isqrt(max_whole_pixels)`` if smaller), so memory stays bounded; ``None`` runs them whole.
     ``scales`` and ``flip``: test-time augmentation; probabilities are averaged.
+    ``bands``: the model reads that many bands at full precision (``mean``/``std`` in their stored
+    units) instead of 8-bit RGB; checkpoints of such models say so and set it.
     """
 
     def __init__(
@@ -138,6 +193,7 @@ class Predictor:
         flip: bool = False,
         max_whole_pixels: int | None = MAX_WHOLE_PIXELS,
         metadata: dict[str, Any] | None = None,
+        bands: int | None = None,
     ) -> None:
         if tile is not None and tile < MIN_SIZE:
             raise ValueError(f"tile must be at least {MIN_SIZE} pixels, got {tile}")
@@ -150,8 +206,13 @@ class Predictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.classes, self.palette = list(classes), [tuple(c) for c in palette]
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        channels = 3 if bands is None else bands
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean and std need {channels} values (one per input channel), got {len(mean)} and {len(std)}")
+        self.bands = bands
+        self.pixel_scale = 255.0 if bands is None else 1.0
+        self.mean = torch.tensor(mean, device=self.device, dtype=torch.float32).view(1, channels, 1, 1)
+        self.std = torch.tensor(std, device=self.device, dtype=torch.float32).view(1, channels, 1, 1)
         self.tile, self.overlap, self.scales, self.flip = tile, overlap, tuple(scales), flip
         self.max_whole_pixels = max_whole_pixels
         self.metadata = dict(metadata or {})  # the checkpoint's own description (model_config, version, ...)
@@ -166,8 +227,13 @@ class Predictor:
         the file and device, see :func:`~semseg.inference.backends.choose_backend`)."""
         model = load_backend(path, backend, device)
         meta = model.metadata
+        channels = meta.get("model_config", {}).get("in_channels", 3)
+        if meta.get("bands") is None and channels != 3:
+            raise ValueError(f"{path} is a {channels}-channel model without `bands` in its metadata, so semseg does not "
+                             "know how to read its images; train it on data described with bands: N (or save it "
+                             f"with bands={channels} and mean/std in the images' stored units)")  # fmt: skip
         return cls(model, classes=meta["classes"], palette=meta["palette"], mean=meta["mean"], std=meta["std"],
-                   device=device, metadata=meta, **options)  # fmt: skip
+                   device=device, metadata=meta, bands=meta.get("bands"), **options)  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, name: str, *, device: str | torch.device = "cpu", backend: str = "auto",
@@ -178,7 +244,7 @@ class Predictor:
     @torch.inference_mode()
     def __call__(self, image: ImageLike, *, return_probs: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """The ``(H, W)`` uint8 label map of ``image`` (and ``(C, H, W)`` float32 probabilities on request)."""
-        rgb = to_rgb_array(image)
+        rgb = self.read(image)
         if not return_probs and self._single_view(rgb):
             # The argmax of the logits is the argmax of the probabilities: skipping the
             # softmax saves about 40% of LR-ASPP's time per 360x480 image on a CPU.
@@ -198,6 +264,10 @@ class Predictor:
             if probs is not None:
                 probs[:, top : top + rows, left : left + cols] = block
         return (labels, probs) if probs is not None else labels
+
+    def read(self, image: ImageLike, *, max_pixels: int | None = None) -> np.ndarray:
+        """``image`` as this model reads it: ``(H, W, 3)`` uint8 RGB, or ``(H, W, bands)`` float32 (:func:`read_pixels`)."""
+        return read_pixels(image, self.bands, max_pixels=max_pixels, fill=self.mean.flatten().tolist())
 
     def predict_batch(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         """Label maps of several images (any mix of sizes and kinds)."""
@@ -221,7 +291,7 @@ class Predictor:
     @torch.inference_mode()
     def probability_blocks(self, height: int, width: int, read: WindowReader) -> Iterator[Block]:
         """Class probabilities of a ``height x width`` image that ``read(top, left, rows, cols)`` gives a
-        window at a time as ``(rows, cols, 3)`` uint8 RGB: finished ``((C, rows, cols), top, left)`` blocks,
+        window at a time as :meth:`read` gives pixels: finished ``((C, rows, cols), top, left)`` blocks,
         left to right along bands of rows, bands top to bottom.
 
         The image is read whole or in the sliding window's windows, never more, so a caller that reads
@@ -234,7 +304,7 @@ class Predictor:
             yield from self._tiled(height, width, tile, read)
 
     def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        return model_input(rgb, self.mean, self.std)
+        return model_input(rgb, self.mean, self.std, self.pixel_scale)
 
     def _whole(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``(1, C, H, W)`` averaged over scales (and flips)."""

@@ -21,14 +21,18 @@ import torch
 from semseg.engine.checkpoint import read_metadata
 from semseg.inference.backends import OnnxRuntimeModel, OpenVinoModel
 from semseg.inference.export import export, openvino_path
-from semseg.inference.predictor import model_input, to_rgb_array
+from semseg.inference.predictor import model_input, read_pixels
 
 
-def calibration_batches(images: Sequence[str | Path], mean: Sequence[float], std: Sequence[float]) -> list[np.ndarray]:
-    """Each image as the ``(1, 3, H, W)`` float32 array the model sees, through the Predictor's own
-    pre-processing (calibration on other inputs would fit the int8 ranges to the wrong values)."""
-    mean_, std_ = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    return [model_input(to_rgb_array(path), mean_, std_).numpy() for path in images]
+def calibration_batches(images: Sequence[str | Path], meta: dict) -> list[np.ndarray]:
+    """Each image as the ``(1, C, H, W)`` float32 array the model of checkpoint metadata ``meta`` sees,
+    through the Predictor's own pre-processing (calibration on other inputs would fit the int8 ranges
+    to the wrong values)."""
+    bands = meta.get("bands")
+    mean, std = torch.tensor(meta["mean"]).view(1, -1, 1, 1), torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    scale = 255.0 if bands is None else 1.0
+    fill = meta["mean"] if bands is not None else None
+    return [model_input(read_pixels(path, bands, fill=fill), mean, std, scale).numpy() for path in images]
 
 
 def export_int8(
@@ -48,7 +52,7 @@ def export_int8(
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static
 
     meta = read_metadata(checkpoint)
-    batches = calibration_batches(calibration, meta["mean"], meta["std"])
+    batches = calibration_batches(calibration, meta)
     out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
@@ -97,7 +101,7 @@ def export_int8_openvino(
                          "pip install \"semseg[openvino-int8]\"") from None  # fmt: skip
 
     meta = read_metadata(checkpoint)
-    batches = calibration_batches(calibration, meta["mean"], meta["std"])
+    batches = calibration_batches(calibration, meta)
     out = openvino_path(checkpoint, out)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.xml"

@@ -108,7 +108,7 @@ def predict_raster(predictor: Predictor, source: str | Path, target: str | Path,
 
 def _stream(rasterio: ModuleType, predictor: Predictor, source: Path, target: Path, probs_target: Path | None) -> None:
     with _gdal_env(rasterio), rasterio.open(source) as src, ExitStack() as outputs:
-        windows = RasterWindows(src, source)
+        windows = RasterWindows(src, source, bands=predictor.bands, fill=predictor.mean.flatten().tolist())
         labels, probs = _open_outputs(rasterio, src, predictor, target, probs_target, outputs)
         valid = None if _all_valid(rasterio, src) else lambda top, rows: _valid(rasterio, src, top, rows)
         writer = _RowWriter([d for d in (labels, probs) if d is not None], valid)
@@ -128,11 +128,17 @@ def _stream(rasterio: ModuleType, predictor: Predictor, source: Path, target: Pa
 
 class RasterWindows:
     """Reads windows of an open rasterio dataset as ``(rows, cols, 3)`` uint8 RGB, as image files are read:
-    one grey band repeated, 16-bit values scaled by :func:`~semseg.data.base.rgb_array`."""
+    one grey band repeated, 16-bit values scaled by :func:`~semseg.data.base.rgb_array`. For a model of
+    ``bands`` full-precision bands: the raster's first ``bands`` bands as float32, any sample type, with
+    no-data pixels (nodata, alpha, mask; NaN or infinite samples) set to ``fill``, the model's mean, as
+    training sees them (the outputs mark them as no data)."""
 
-    def __init__(self, dataset: Any, path: Path) -> None:
-        self.dataset, self.path = dataset, path
-        self.bands = _rgb_bands(dataset, path)
+    def __init__(self, dataset: Any, path: Path, *, bands: int | None = None,
+                 fill: Sequence[float] | None = None) -> None:  # fmt: skip
+        self.dataset, self.path, self.full_precision = dataset, path, bands is not None
+        self.fill = None if fill is None else np.asarray(fill, dtype=np.float32)
+        self.masked = not _all_valid(import_rasterio(), dataset)  # has a nodata value, alpha band or mask
+        self.bands = _rgb_bands(dataset, path) if bands is None else _model_bands(dataset, path, bands)
         self.windows, self.dark = 0, []  # 16-bit windows read, and the warnings of those nearly black
 
     def __call__(self, top: int, left: int, rows: int, cols: int) -> np.ndarray:
@@ -143,6 +149,14 @@ class RasterWindows:
             data = self.dataset.read(self.bands, window=Window(left, top, cols, rows))
         except RasterioIOError as exc:
             raise RasterError(f"cannot read raster {self.path} at rows {top}-{top + rows - 1}: {exc}") from None
+        if self.full_precision:
+            pixels = np.ascontiguousarray(data.transpose(1, 2, 0), dtype=np.float32)
+            if self.fill is not None:
+                valid = np.isfinite(pixels).all(axis=2)
+                if self.masked:
+                    valid &= self.dataset.dataset_mask(window=Window(left, top, cols, rows)) > 0
+                pixels[~valid] = self.fill
+            return pixels
         pixels = np.ascontiguousarray(data.transpose(1, 2, 0))
         if pixels.dtype == np.uint16:
             pixels = self._eight_bit(pixels)
@@ -184,6 +198,19 @@ def _rgb_bands(dataset: Any, path: Path) -> list[int]:
         raise RasterError(f"{path} has {'/'.join(types)} samples; semseg reads 8- and 16-bit unsigned rasters: "
                           "convert it, e.g. gdal_translate -ot Byte -scale in.tif out.tif")  # fmt: skip
     return bands
+
+
+def _model_bands(dataset: Any, path: Path, bands: int) -> list[int]:
+    """Band numbers ``1..bands`` for a model of ``bands`` full-precision bands: the raster must have them
+    (and at most an alpha band more); RasterError otherwise."""
+    from rasterio.enums import ColorInterp
+
+    extra_alpha = dataset.count == bands + 1 and dataset.colorinterp[bands] == ColorInterp.alpha
+    if dataset.count != bands and not extra_alpha:
+        listed = " ".join(f"-b {b}" for b in range(1, bands + 1))
+        raise RasterError(f"{path} has {dataset.count} band(s) but the model reads {bands}; pick them, e.g. "
+                          f"gdal_translate {listed} in.tif out.tif")  # fmt: skip
+    return list(range(1, bands + 1))
 
 
 def _open_outputs(rasterio: ModuleType, src: Any, predictor: Predictor, target: Path, probs_target: Path | None,

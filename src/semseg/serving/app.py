@@ -232,6 +232,9 @@ SEGMENT_BODY = {
 
 def create_app(predictor: Predictor, settings: ServeSettings) -> FastAPI:
     """The ASGI app serving ``predictor`` under ``settings``' limits."""
+    if predictor.bands is not None:
+        raise ValueError(f"{settings.checkpoint} reads {predictor.bands} band(s) at full precision; the server decodes "
+                         "uploads as RGB images. Use `semseg predict` (or the Predictor) for such models")  # fmt: skip
     runner = InferenceRunner(settings.max_queue)
     state = {"ready": False}
 
