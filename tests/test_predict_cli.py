@@ -319,7 +319,15 @@ def test_torchrun_shards_prediction_and_matches_one_process(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(inputs / f"img{i}.png")
-    args = ["predict", str(ckpt), str(inputs), str(tmp_path / "nothing*.png"), "--backend", "torch", "--quiet"]
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import Affine
+
+    # A georeferenced raster of 7 bands of 32-px windows: split by rows between the two processes.
+    with rasterio.open(inputs / "scene.tif", "w", driver="GTiff", width=90, height=150, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=Affine(0.5, 0, 500_000.0, 0, -0.5, 4_600_000.0)) as dst:  # fmt: skip
+        dst.write(rng.integers(0, 256, (3, 150, 90), dtype=np.uint8))
+    args = ["predict", str(ckpt), str(inputs), str(tmp_path / "nothing*.png"), "--backend", "torch", "--quiet",
+            "--tile", "32", "--probs"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "semseg", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
@@ -327,12 +335,18 @@ def test_torchrun_shards_prediction_and_matches_one_process(tmp_path):
            "-m", "semseg", *args, "--out", str(tmp_path / "two")]  # fmt: skip
     two = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert one.returncode == two.returncode == 1, two.stderr[-3000:]  # the unmatched glob is a failure in both
-    assert "2 processes" in two.stdout and two.stdout.count("5 image(s)") == 1  # rank 0 reports, once
-    for folder in ("masks", "overlays"):
+    assert "2 processes" in two.stdout and two.stdout.count("6 image(s)") == 1  # rank 0 reports, once
+    for folder, count in (("masks", 6), ("overlays", 5), ("probs", 6)):
         names = sorted(p.name for p in (tmp_path / "one" / folder).iterdir())
-        assert names == sorted(p.name for p in (tmp_path / "two" / folder).iterdir()) and len(names) == 5
+        assert names == sorted(p.name for p in (tmp_path / "two" / folder).iterdir()) and len(names) == count
         for name in names:
-            assert (tmp_path / "one" / folder / name).read_bytes() == (tmp_path / "two" / folder / name).read_bytes()
+            if name.endswith(".tif"):  # the raster's merged parts: same pixels, georeferencing and palette
+                with rasterio.open(tmp_path / "one" / folder / name) as a, rasterio.open(tmp_path / "two" / folder / name) as b:
+                    assert np.array_equal(a.read(), b.read()) and a.profile == b.profile
+                    assert a.tags() == b.tags() and (folder == "probs" or a.colormap(1) == b.colormap(1))
+            else:
+                assert (tmp_path / "one" / folder / name).read_bytes() == (tmp_path / "two" / folder / name).read_bytes()
+    assert not list((tmp_path / "two").rglob(".*part*"))  # the parts are gone
     a = json.loads((tmp_path / "one" / "summary.json").read_text())
     b = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert b.pop("processes") == 2

@@ -188,3 +188,28 @@ def test_exif_orientation_is_applied(tmp_path):
     Image.fromarray(image).save(tmp_path / "turned.jpg", exif=exif, quality=100)
     upright = to_rgb_array(tmp_path / "turned.jpg")
     assert upright.shape == (40, 20, 3)
+
+
+@pytest.mark.parametrize("overlap", [1 / 3, 0.75])  # 0.75: windows of a band reach two bands down
+def test_row_shares_of_the_sliding_window_equal_the_whole_image(overlap):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, padding=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 5, padding=2))
+    predictor = Predictor(model.eval(), classes=["a", "b", "c"], palette=[(0, 0, 0)] * 3, mean=(0.5,) * 3,
+                          std=(0.25,) * 3, tile=40, overlap=overlap)  # fmt: skip
+    rgb = np.random.default_rng(0).integers(0, 256, (150, 97, 3), dtype=np.uint8)
+
+    def read(top, left, rows, cols):
+        return rgb[top : top + rows, left : left + cols]
+
+    whole = np.zeros((3, 150, 97), np.float32)
+    for block, top, left in predictor.probability_blocks(150, 97, read):
+        whole[:, top : top + block.shape[1], left : left + block.shape[2]] = block
+    bands = predictor.row_bands(150, 97)
+    assert len(bands) > 3 and bands[0][0] == 0 and bands[-1][1] == 150
+    assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))  # contiguous, no gaps or overlaps
+    shares = np.full((3, 150, 97), np.nan, np.float32)
+    for rows in ((bands[0][0], bands[1][1]), (bands[2][0], bands[-1][1])):
+        for block, top, left in predictor.probability_blocks(150, 97, read, rows=rows):
+            assert rows[0] <= top and top + block.shape[1] <= rows[1]
+            shares[:, top : top + block.shape[1], left : left + block.shape[2]] = block
+    assert np.array_equal(shares, whole)  # every pixel, bit for bit

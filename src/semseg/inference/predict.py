@@ -100,10 +100,20 @@ def predict_files(
     # Output names over every input, so that each process names its share as one process would.
     names = output_names([p for p in files if not is_video(p)])
     video_names = output_names([p for p in files if is_video(p)])
+    shared: dict[str, str] = {}
+    if world_size > 1:  # a streamed raster is split among all processes by rows; other inputs go whole
+        rasters = [p for p in files if not is_video(p) and _streams(p, max_pixels)]
+        for path in progress_bar(rasters, desc="rasters", enabled=progress):
+            outcome = _predict_raster_shared(predictor, path, out, names[path], probs=probs, rank=rank,
+                                             world_size=world_size)  # fmt: skip
+            (shared if outcome == f"{names[path]}.tif" else failed)[str(path)] = outcome
+        files = [p for p in files if p not in rasters]
     files = files[rank::world_size]  # under torchrun each process takes every world_size-th input
     try:
         summary = _predict_share(predictor, files, out, failed, names, video_names, overlays=overlays, keep=keep,
                                  probs=probs, max_pixels=max_pixels, progress=progress)  # fmt: skip
+        summary["outputs"] = {**shared, **summary["outputs"]} if rank == 0 else summary["outputs"]
+        summary["images"] += len(shared) if rank == 0 else 0
         error = None
     except Exception as exc:
         if world_size == 1:
@@ -154,6 +164,56 @@ def _predict_share(predictor: Predictor, files: Sequence[Path], out: Path, faile
                             names=video_names)  # fmt: skip
     return {"images": len(written), "outputs": written, "videos": videos, "failed": failed, "out": str(out),
             "backend": predictor.backend}  # fmt: skip
+
+
+def _streams(path: Path, max_pixels: int) -> bool:
+    """Whether ``path`` is a raster streamed window by window (errors are reported when it is segmented)."""
+    try:
+        return is_streamed(path, max_pixels)
+    except ImportError:
+        return False
+
+
+def _predict_raster_shared(predictor: Predictor, path: Path, out: Path, name: str, *, probs: bool, rank: int,
+                           world_size: int) -> str:  # fmt: skip
+    """Segment the streamed raster ``path`` with every process, each its contiguous share of the bands of
+    windows (:meth:`Predictor.row_bands`) into row parts, which rank 0 merges into ``masks/<name>.tif`` --
+    the file one process writes. Returns that file's name, or why the raster failed (the same on every rank)."""
+    import torch.distributed as dist
+
+    from semseg.inference.raster import import_rasterio, merge_raster_parts
+
+    parts = [(out / "masks" / f".{name}.part{r}.tif", out / "probs" / f".{name}.part{r}.tif" if probs else None)
+             for r in range(world_size)]  # fmt: skip
+    try:
+        with import_rasterio().open(path) as src:
+            bands = predictor.row_bands(src.height, src.width)
+        share = np.array_split(np.arange(len(bands)), world_size)[rank]
+        if len(share):
+            rows = (bands[share[0]][0], bands[share[-1]][1])
+            _target(out, "masks", parts[rank][0].name, path)
+            probs_part = _target(out, "probs", parts[rank][1].name, path) if probs else None
+            predict_raster(predictor, path, parts[rank][0], probs_target=probs_part, rows=rows)
+        error = None
+    except Exception as exc:  # every process must reach the gather below, or the others would wait for it
+        error = f"{type(exc).__name__}: {exc}" if isinstance(exc, (MemoryError, RuntimeError)) else str(exc)
+    errors: list[str | None] = [None] * world_size
+    dist.all_gather_object(errors, error)
+    failure = next((e for e in errors if e is not None), None)
+    if rank == 0 and failure is None:
+        bands_per_rank = [len(s) for s in np.array_split(np.arange(len(bands)), world_size)]
+        written = [pair for pair, count in zip(parts, bands_per_rank) if count]
+        try:
+            merge_raster_parts(predictor, path, written, _target(out, "masks", f"{name}.tif", path),
+                               _target(out, "probs", f"{name}.tif", path) if probs else None)  # fmt: skip
+        except (RasterError, ValueError, OSError) as exc:
+            failure = str(exc)
+    elif failure is not None:
+        for pair in parts[rank : rank + 1]:
+            for part in pair:
+                if part is not None:
+                    part.unlink(missing_ok=True)
+    return f"{name}.tif" if failure is None else failure
 
 
 def _merged(summary: dict, world_size: int, error: Exception | None) -> dict:

@@ -288,20 +288,36 @@ class Predictor:
         whole = self._tile_for(h, w) is None
         return whole and min(h, w) >= MIN_SIZE and self.scales == (1.0,) and not self.flip
 
+    def row_bands(self, height: int, width: int) -> list[tuple[int, int]]:
+        """The ``(first, end)`` rows each band of windows finishes for a ``height x width`` image, top to
+        bottom (one band when it runs whole): the units :meth:`probability_blocks` can be split into."""
+        tile = self._tile_for(height, width)
+        if tile is None:
+            return [(0, height)]
+        tops = _starts(height, tile, self._stride(tile))
+        return list(zip(tops, [*tops[1:], height]))
+
     @torch.inference_mode()
-    def probability_blocks(self, height: int, width: int, read: WindowReader) -> Iterator[Block]:
+    def probability_blocks(self, height: int, width: int, read: WindowReader, *,
+                           rows: tuple[int, int] | None = None) -> Iterator[Block]:  # fmt: skip
         """Class probabilities of a ``height x width`` image that ``read(top, left, rows, cols)`` gives a
         window at a time as :meth:`read` gives pixels: finished ``((C, rows, cols), top, left)`` blocks,
         left to right along bands of rows, bands top to bottom.
 
         The image is read whole or in the sliding window's windows, never more, so a caller that reads
-        windows from a file (:mod:`semseg.inference.raster`) never holds the whole image.
+        windows from a file (:mod:`semseg.inference.raster`) never holds the whole image. ``rows``
+        (``first`` and ``end`` of :meth:`row_bands`' bands) gives only the blocks of those rows, the same
+        values as for the whole image: the bands above whose windows reach them are run, not yielded.
         """
         tile = self._tile_for(height, width)
         if tile is None:
-            yield self._whole(self._tensor(read(0, 0, height, width)))[0].cpu().float().numpy(), 0, 0
+            if rows is None or rows[0] == 0:
+                yield self._whole(self._tensor(read(0, 0, height, width)))[0].cpu().float().numpy(), 0, 0
         else:
-            yield from self._tiled(height, width, tile, read)
+            yield from self._tiled(height, width, tile, read, (0, height) if rows is None else rows)
+
+    def _stride(self, tile: int) -> int:
+        return max(1, int(tile * (1 - self.overlap)))
 
     def _tensor(self, rgb: np.ndarray) -> torch.Tensor:
         return model_input(rgb, self.mean, self.std, self.pixel_scale)
@@ -322,7 +338,7 @@ class Predictor:
                 total = probs if total is None else total + probs
         return total / (len(self.scales) * (2 if self.flip else 1))
 
-    def _tiled(self, h: int, w: int, tile: int, read: WindowReader) -> Iterator[Block]:
+    def _tiled(self, h: int, w: int, tile: int, read: WindowReader, rows: tuple[int, int]) -> Iterator[Block]:
         """Sliding-window probabilities, overlaps blended with tent weights, as finished blocks.
 
         Windows run left to right along a band of rows. After each one, the columns left of the next
@@ -331,7 +347,7 @@ class Predictor:
         rows of the full width; up to ``tile - 1`` before a last band flush with the bottom) and one
         window's columns, so memory grows with the width, never the height.
         """
-        stride = max(1, int(tile * (1 - self.overlap)))
+        stride = self._stride(tile)
         tops, lefts = _starts(h, tile, stride), _starts(w, tile, stride)
         weight = _tent(min(tile, h), min(tile, w), self.device)
         ends = [*tops[1:], h]  # rows above the next band's top are final once a band is done
@@ -339,8 +355,18 @@ class Predictor:
         # Weighted probability sums with the weight sum as an extra channel; one buffer serves every band.
         store = torch.empty(len(self.classes) + 1, max(carried), w, device=self.device)
         shared = 0
+        first, last = rows
         for top, end, rows_out in zip(tops, ends, carried):
-            yield from self._band(read, top, end - top, lefts, weight, store[:, :shared], store[:, :rows_out])
+            if top + min(tile, h - top) <= first:  # adds nothing to the rows asked for
+                continue
+            if top >= last:
+                break
+            blocks = self._band(read, top, end - top, lefts, weight, store[:, :shared], store[:, :rows_out])
+            if top < first:  # run for the sums it carries into the rows asked for, its own rows not given
+                for _ in blocks:
+                    pass
+            else:
+                yield from blocks
             shared = rows_out
 
     def _band(self, read: WindowReader, top: int, done: int, lefts: list[int], weight: torch.Tensor,

@@ -84,7 +84,7 @@ def _needs_rasterio(path: Path, max_pixels: int) -> bool:
 
 
 def predict_raster(predictor: Predictor, source: str | Path, target: str | Path, *,
-                   probs_target: str | Path | None = None) -> None:  # fmt: skip
+                   probs_target: str | Path | None = None, rows: tuple[int, int] | None = None) -> None:  # fmt: skip
     """Write the label map of raster ``source`` to GeoTIFF ``target`` (and its class probabilities to
     ``probs_target``), reading and writing a window at a time.
 
@@ -93,12 +93,16 @@ def predict_raster(predictor: Predictor, source: str | Path, target: str | Path,
     rounded: GDAL has no float16 before 3.11, float32 would be 4x the size, and 1/255 is resolution
     enough to threshold or show them. Input nodata (its nodata value, alpha band or mask) becomes
     nodata in both: 255 in the labels, the internal mask of the probabilities.
+
+    With ``rows`` (``first`` and ``end`` of :meth:`Predictor.row_bands`' bands), only those rows are
+    segmented, into plain TIFF parts holding just them (no georeferencing, no-data not yet applied),
+    which :func:`merge_raster_parts` puts together: how several processes share one raster.
     """
     rasterio = import_rasterio()
     source, target = Path(source), Path(target)
     probs_target = None if probs_target is None else Path(probs_target)
     try:
-        _stream(rasterio, predictor, source, target, probs_target)
+        _stream(rasterio, predictor, source, target, probs_target, rows)
     except BaseException:  # a half-written raster would pass for a result
         for path in (target, probs_target):
             if path is not None:
@@ -106,13 +110,18 @@ def predict_raster(predictor: Predictor, source: str | Path, target: str | Path,
         raise
 
 
-def _stream(rasterio: ModuleType, predictor: Predictor, source: Path, target: Path, probs_target: Path | None) -> None:
+def _stream(rasterio: ModuleType, predictor: Predictor, source: Path, target: Path, probs_target: Path | None,
+            rows: tuple[int, int] | None) -> None:  # fmt: skip
     with _gdal_env(rasterio), rasterio.open(source) as src, ExitStack() as outputs:
         windows = RasterWindows(src, source, bands=predictor.bands, fill=predictor.mean.flatten().tolist())
-        labels, probs = _open_outputs(rasterio, src, predictor, target, probs_target, outputs)
-        valid = None if _all_valid(rasterio, src) else lambda top, rows: _valid(rasterio, src, top, rows)
+        if rows is None:
+            labels, probs = _open_outputs(rasterio, src, predictor, target, probs_target, outputs)
+            valid = None if _all_valid(rasterio, src) else lambda top, rows: _valid(rasterio, src, top, rows)
+        else:
+            labels, probs = _open_parts(rasterio, src, predictor, target, probs_target, rows[1] - rows[0], outputs)
+            valid = None  # applied when the parts are merged
         writer = _RowWriter([d for d in (labels, probs) if d is not None], valid)
-        for block, top, left in predictor.probability_blocks(src.height, src.width, windows):
+        for block, top, left in predictor.probability_blocks(src.height, src.width, windows, rows=rows):
             rows, cols = block.shape[1:]
             if left == 0:
                 band = [np.empty((1, rows, src.width), labels.dtypes[0])]
@@ -198,6 +207,52 @@ def _rgb_bands(dataset: Any, path: Path) -> list[int]:
         raise RasterError(f"{path} has {'/'.join(types)} samples; semseg reads 8- and 16-bit unsigned rasters: "
                           "convert it, e.g. gdal_translate -ot Byte -scale in.tif out.tif")  # fmt: skip
     return bands
+
+
+def merge_raster_parts(predictor: Predictor, source: str | Path, parts: Sequence[tuple[Path, Path | None]],
+                       target: str | Path, probs_target: str | Path | None = None) -> None:  # fmt: skip
+    """Write the label (and probability) GeoTIFF of ``source`` from the row parts that
+    :func:`predict_raster` with ``rows`` wrote, top to bottom, as one process writes it: the input's
+    georeferencing, palette and no-data. ``BLOCK`` rows are held at a time. The parts are deleted."""
+    rasterio = import_rasterio()
+    source, target = Path(source), Path(target)
+    probs_target = None if probs_target is None else Path(probs_target)
+    try:
+        with _gdal_env(rasterio), rasterio.open(source) as src, ExitStack() as outputs:
+            labels, probs = _open_outputs(rasterio, src, predictor, target, probs_target, outputs)
+            valid = None if _all_valid(rasterio, src) else lambda top, rows: _valid(rasterio, src, top, rows)
+            writer = _RowWriter([d for d in (labels, probs) if d is not None], valid)
+            for label_part, probs_part in parts:
+                with ExitStack() as inputs:
+                    opened = [inputs.enter_context(rasterio.open(p)) for p in (label_part, probs_part) if p is not None]
+                    for top in range(0, opened[0].height, BLOCK):
+                        window = rasterio.windows.Window(0, top, src.width, min(BLOCK, opened[0].height - top))
+                        writer.add([part.read(window=window) for part in opened])
+            writer.close()
+    except BaseException:
+        for path in (target, probs_target):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        raise
+    finally:
+        for pair in parts:
+            for path in pair:
+                if path is not None:
+                    Path(path).unlink(missing_ok=True)
+
+
+def _open_parts(rasterio: ModuleType, src: Any, predictor: Predictor, target: Path, probs_target: Path | None,
+                height: int, stack: ExitStack) -> tuple[Any, Any]:  # fmt: skip
+    """Plain tiled TIFFs for ``height`` rows of the label map (and probabilities): the parts of one process."""
+    classes = len(predictor.classes)
+    dtype = "uint8" if classes <= 255 else "uint16"
+    profile = {"driver": "GTiff", "width": src.width, "height": height, "tiled": True, "blockxsize": BLOCK,
+               "blockysize": BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER"}  # fmt: skip
+    labels = stack.enter_context(rasterio.open(target, "w", count=1, dtype=dtype, **profile))
+    probs = None
+    if probs_target is not None:
+        probs = stack.enter_context(rasterio.open(probs_target, "w", count=classes, dtype="uint8", **profile))
+    return labels, probs
 
 
 def _model_bands(dataset: Any, path: Path, bands: int) -> list[int]:
