@@ -375,6 +375,39 @@ class MaskDecoder:
         return mapped[inverse.reshape(codes.shape)]
 
 
+class DecodedCache:
+    """Every ``(image, mask)`` of a dataset, decoded once and held in memory (``data.cache``): masks in
+    the smallest integer type that holds them, and copies handed out, since transforms may work in place."""
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.pairs = pairs
+
+    @classmethod
+    def fill(cls, raw: Callable[[int], tuple[np.ndarray, np.ndarray]], count: int, max_bytes: int, *,
+             what: str) -> DecodedCache:  # fmt: skip
+        """``raw(0) .. raw(count - 1)``; refuses (``ValueError``) before filling memory when the first
+        pair, times ``count``, would exceed ``max_bytes``."""
+        first_image, first_mask = raw(0)
+        estimate = (first_image.nbytes + first_mask.size * 2) * count
+        if estimate > max_bytes:
+            raise ValueError(f"caching {count} {what} would take ~{estimate / 2**30:.1f} GiB, over the "
+                             f"{max_bytes / 2**30:.1f} GiB allowed; set data.cache: false")  # fmt: skip
+        pairs = []
+        for i in range(count):
+            image, mask = raw(i)
+            small = np.uint8 if mask.max(initial=0) <= 255 and mask.min(initial=0) >= 0 else np.int32
+            pairs.append((image, mask.astype(small)))
+        return cls(pairs)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(image.nbytes + mask.nbytes for image, mask in self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = self.pairs[index]
+        return image.copy(), mask.astype(np.int64)
+
+
 NO_PAIRS = "no (image, mask) pairs found; check the dataset root and split"  # also `semseg data check`
 
 
@@ -424,7 +457,7 @@ class PairedDataset(Dataset):
         if mean is not None and std is not None:
             self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.transform = transform if transform is not None else self.eval_transform()
-        self._decoded: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._decoded: DecodedCache | None = None
 
     @property
     def num_classes(self) -> int:
@@ -472,29 +505,16 @@ class PairedDataset(Dataset):
         """Decode every pair once and keep it in memory, so ``raw`` reads no file again; returns the bytes held.
 
         For datasets that fit in RAM (CamVid's 367 training pairs: ~250 MB), decoding PNGs once
-        saves the loader that work every epoch. Masks are kept in the smallest integer type that
-        holds them. Refuses (``ValueError``) before filling memory when the first pair, times the
-        number of pairs, would exceed ``max_bytes``.
+        saves the loader that work every epoch. See :class:`DecodedCache` for the bound.
         """
-        first_image, first_mask = self.raw(0)
-        estimate = (first_image.nbytes + first_mask.size * 2) * len(self)
-        if estimate > max_bytes:
-            raise ValueError(f"caching {len(self)} decoded pairs would take ~{estimate / 2**30:.1f} GiB, over the "
-                             f"{max_bytes / 2**30:.1f} GiB allowed; set data.cache: false")  # fmt: skip
-        decoded = []
-        for i in range(len(self)):
-            image, mask = self.raw(i)
-            small = np.uint8 if mask.max(initial=0) <= 255 and mask.min(initial=0) >= 0 else np.int32
-            decoded.append((image, mask.astype(small)))
-        self._decoded = decoded
-        return sum(image.nbytes + mask.nbytes for image, mask in decoded)
+        self._decoded = DecodedCache.fill(self.raw, len(self), max_bytes, what="decoded pairs")
+        return self._decoded.nbytes
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The uint8 ``(H, W, 3)`` image (float32 ``(H, W, bands)`` with ``bands``) and int64 ``(H, W)``
         class mask of ``index``, untransformed."""
-        if self._decoded is not None:  # copies: transforms may work in place
-            image, mask = self._decoded[index]
-            return image.copy(), mask.astype(np.int64)
+        if self._decoded is not None:
+            return self._decoded[index]
         image_path, mask_path = self.pairs[index]
         valid = None
         if self.bands is None:

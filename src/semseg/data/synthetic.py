@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from semseg.data.base import DecodedCache
+
 CLASSES = ("background", "disk", "square", "triangle", "cross")
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200))
 # Per-channel mean and std of the generated images, used to normalise. Measured over
@@ -146,7 +148,7 @@ class SyntheticShapes(Dataset):
         # A joint transform ``(image, mask) -> (x, y)`` ending in Normalize, as the file datasets
         # take (the trainer sets its augmentation here); None normalises with MEAN/STD.
         self.transform = None
-        self._generated: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._generated: DecodedCache | None = None
 
     def __len__(self) -> int:
         return self.length
@@ -154,25 +156,17 @@ class SyntheticShapes(Dataset):
     def cache_decoded(self, max_bytes: int) -> int:
         """Generate every sample once and keep it in memory (~2 ms a sample saved each epoch); returns the bytes held.
 
-        The same contract as the file datasets' (``data.cache``): refuses (``ValueError``)
-        before filling memory when the samples would exceed ``max_bytes``.
+        The same contract as the file datasets' (``data.cache``, :class:`~semseg.data.base.DecodedCache`).
         """
-        side = self.config.size
-        estimate = side * side * 4 * self.length  # uint8 RGB image + uint8 mask
-        if estimate > max_bytes:
-            raise ValueError(f"caching {self.length} generated samples would take ~{estimate / 2**30:.1f} GiB, "
-                             f"over the {max_bytes / 2**30:.1f} GiB allowed; set data.cache: false")  # fmt: skip
-        generated = [generate_sample(self.seed, i, self.config) for i in range(self.length)]
-        self._generated = [(image, mask.astype(np.uint8)) for image, mask in generated]
-        return sum(image.nbytes + mask.nbytes for image, mask in self._generated)
+        self._generated = DecodedCache.fill(self.raw, self.length, max_bytes, what="generated samples")
+        return self._generated.nbytes
 
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The uint8 image and int64 mask of ``index``, before normalisation."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
-        if self._generated is not None:  # copies: transforms may work in place
-            image, mask = self._generated[index]
-            return image.copy(), mask.astype(np.int64)
+        if self._generated is not None:
+            return self._generated[index]
         return generate_sample(self.seed, index, self.config)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
