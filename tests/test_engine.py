@@ -59,8 +59,21 @@ def test_training_loss_adds_the_weighted_aux_loss():
     out = {"out": torch.randn(2, 3, 4, 4), "aux": torch.randn(2, 3, 4, 4)}
     y = torch.randint(0, 3, (2, 4, 4))
     expected = F.cross_entropy(out["out"], y) + 0.4 * F.cross_entropy(out["aux"], y)
-    assert training_loss(out, y, F.cross_entropy, 0.4).item() == pytest.approx(expected.item(), rel=1e-6)
-    assert training_loss({"out": out["out"]}, y, F.cross_entropy, 0.4) == F.cross_entropy(out["out"], y)
+    assert training_loss(out, y, F.cross_entropy, {"aux": 0.4}).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert training_loss({"out": out["out"]}, y, F.cross_entropy, {"aux": 0.4}) == F.cross_entropy(out["out"], y)
+
+
+def test_training_loss_adds_every_weighted_auxiliary_output():
+    """BiSeNet V2's four boosters: each weighted output adds its loss; an unweighted one adds nothing."""
+    keys = ("out", "aux", "aux_s2", "aux_s3", "aux_s4", "debug")
+    out = {key: torch.randn(2, 3, 4, 4) for key in keys}
+    y = torch.randint(0, 3, (2, 4, 4))
+    weights = {"aux": 1.0, "aux_s2": 1.0, "aux_s3": 0.5, "aux_s4": 1.0}
+    expected = F.cross_entropy(out["out"], y) + sum(w * F.cross_entropy(out[k], y) for k, w in weights.items())
+    assert training_loss(out, y, F.cross_entropy, weights).item() == pytest.approx(expected.item(), rel=1e-6)
+    model = semseg.create_model("bisenetv2", num_classes=3)
+    assert model.aux_weights == {"aux": 1.0, "aux_s2": 1.0, "aux_s3": 1.0, "aux_s4": 1.0}
+    assert semseg.create_model("bisenetv2", num_classes=3, aux_boosters="s5").aux_weights == {"aux": 1.0}
 
 
 def test_pspnet_trains_with_its_aux_head():

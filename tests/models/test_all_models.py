@@ -83,8 +83,8 @@ def test_backward_reaches_every_parameter(built):
     with torch.backends.mkldnn.flags(enabled=False):
         out = model.forward_train(x)
         loss = F.cross_entropy(out["out"], target)
-        if "aux" in out:
-            loss = loss + model.aux_weight * F.cross_entropy(out["aux"], target)
+        for key, weight in model.aux_weights.items():
+            loss = loss + weight * F.cross_entropy(out[key], target)
         loss.backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     not_finite = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
@@ -101,13 +101,12 @@ def test_forward_train_aux_contract(built):
     model.train()
     with torch.no_grad():
         out = model.forward_train(torch.randn(2, 3, 33, 47))
-    assert set(out) in ({"out"}, {"out", "aux"})
+    assert set(out) == {"out", *model.aux_weights}  # every auxiliary output is weighted, and only those
+    assert set(out) == {"out"} or "aux" in out
     for value in out.values():
         assert value.shape == (2, NUM_CLASSES, 33, 47)
-    if "aux" in out:
-        assert model.aux_weight > 0
-    else:
-        assert model.aux_weight == 0
+    assert all(weight > 0 for weight in model.aux_weights.values())
+    assert (model.aux_weight > 0) == ("aux" in out)
     if name == "pspnet":
         assert model.aux_weight == pytest.approx(0.4)
 

@@ -79,7 +79,11 @@ def test_pspnet_resnet50_head_size():
     assert params("pspnet", num_classes=21, aux=False) == resnet50_trunk + head
 
 
-def test_bisenetv2_booster_head_is_the_only_difference():
-    # SegmentHead(128, 1024, 19): 3x3 conv 128 -> 1024 + BN, classifier 1024*19 + 19.
-    booster = 128 * 1024 * 9 + 2 * 1024 + 1024 * 19 + 19
-    assert params("bisenetv2", num_classes=19) - params("bisenetv2", num_classes=19, aux=False) == booster
+def test_bisenetv2_booster_heads_are_the_only_difference():
+    def head(c_in, hidden, n=19):  # SegmentHead: 3x3 conv c_in -> hidden + BN, classifier hidden*n + n
+        return c_in * hidden * 9 + 2 * hidden + hidden * n + n
+
+    s5 = head(128, 1024)
+    assert params("bisenetv2", num_classes=19, aux_boosters="s5") - params("bisenetv2", num_classes=19, aux=False) == s5
+    boosters = s5 + head(16, 16) + head(32, 64) + head(64, 256)  # S2, S3, S4 with MMSegmentation's widths
+    assert params("bisenetv2", num_classes=19) - params("bisenetv2", num_classes=19, aux=False) == boosters

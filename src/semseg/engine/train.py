@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -36,12 +36,13 @@ class TrainForward(nn.Module):
 
 
 def training_loss(
-    outputs: dict[str, torch.Tensor], masks: torch.Tensor, loss_fn: LossFn, aux_weight: float = 0.0
+    outputs: dict[str, torch.Tensor], masks: torch.Tensor, loss_fn: LossFn, aux_weights: Mapping[str, float] | None = None
 ) -> torch.Tensor:
-    """Main loss plus ``aux_weight`` times the auxiliary-head loss, where there is one."""
+    """Main loss plus, for each auxiliary output named in ``aux_weights``, its weight times its loss."""
     loss = loss_fn(outputs["out"], masks)
-    if "aux" in outputs:
-        loss = loss + aux_weight * loss_fn(outputs["aux"], masks)
+    for key, weight in (aux_weights or {}).items():
+        if key in outputs:
+            loss = loss + weight * loss_fn(outputs[key], masks)
     return loss
 
 
@@ -88,7 +89,8 @@ def train_one_epoch(
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = model if isinstance(model, (TrainForward, DistributedDataParallel)) else TrainForward(model)
-    aux_weight = (net.module if isinstance(net, DistributedDataParallel) else net).model.aux_weight
+    model = (net.module if isinstance(net, DistributedDataParallel) else net).model
+    aux_weights = getattr(model, "aux_weights", {"aux": model.aux_weight})
     net.train()
     total, seen, skipped, in_a_row = 0.0, 0, 0, 0
     start = time.perf_counter()
@@ -102,7 +104,7 @@ def train_one_epoch(
         sync = contextlib.nullcontext() if step_now or not isinstance(net, DistributedDataParallel) else net.no_sync()
         with sync:
             with autocast(device, amp):
-                loss = training_loss(net(images), masks, loss_fn, aux_weight)
+                loss = training_loss(net(images), masks, loss_fn, aux_weights)
             # Every process skips together, or the ones that do backward wait forever in its all-reduce.
             finite = distributed.all_true(bool(torch.isfinite(loss)), loss.device)
             if finite:

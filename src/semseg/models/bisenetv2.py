@@ -20,14 +20,13 @@ were reproduced with (CoinCheung/BiSeNet, MMSegmentation's ``BiSeNetV2``); 3.4M
 parameters for 19 classes without booster heads, the size usually quoted for the paper.
 
 Booster training. The paper attaches a *booster* head (the segmentation head again) to
-each semantic-branch stage (2, 3, 4, 5) and adds their losses, each with weight 1, to the
-main loss. semseg's training loss takes one auxiliary output (``"aux"``, weighted by
-``aux_weight``); a cross-entropy of summed logits is not the sum of the heads' losses, so
-combining the four into one tensor would train a different model. We therefore keep one
-booster, on the deepest one — stage 5 (the last GE layer's 128-channel 1/32 map, before
-the Context Embedding block), with MMSegmentation's 1024 hidden channels for that stage
-— because its gradient reaches every semantic-branch stage, and give it the paper's
-weight 1. The stage-2/3/4 boosters are not built.
+each semantic-branch stage -- S2 (the stem's 16-channel 1/4 map), S3, S4 and S5_4 (the last
+GE layer's 128-channel 1/32 map, before the Context Embedding block) -- and adds their
+losses, each with weight 1, to the main loss. ``aux=True`` builds all four, with
+MMSegmentation's hidden widths (16, 64, 256, 1024 channels), as ``forward_train``'s
+``"aux"`` (S5_4) and ``"aux_s2"``, ``"aux_s3"``, ``"aux_s4"`` outputs, weighted in
+``aux_weights``; ``aux_boosters="s5"`` keeps only the S5_4 booster (semseg's BiSeNet V2
+before the four were built).
 """
 
 from __future__ import annotations
@@ -138,9 +137,17 @@ class SemanticBranch(nn.Module):
         self.ce = ContextEmbedding(128)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The branch's output and stage 5's map (the booster head's input)."""
-        stage5 = self.stage5(self.stage4(self.stage3(self.stem(x))))
-        return self.ce(stage5), stage5
+        """The branch's output and stage 5's map (the S5_4 booster's input)."""
+        semantic, stages = self.forward_stages(x)
+        return semantic, stages["s5"]
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The branch's output and every stage's map, ``"s2"`` (the stem's) to ``"s5"``: the boosters' inputs."""
+        s2 = self.stem(x)
+        s3 = self.stage3(s2)
+        s4 = self.stage4(s3)
+        s5 = self.stage5(s4)
+        return self.ce(s5), {"s2": s2, "s3": s3, "s4": s4, "s5": s5}
 
 
 class BilateralGuidedAggregation(nn.Module):
@@ -178,10 +185,12 @@ class SegmentHead(nn.Sequential):
 
 
 class BiSeNetV2(SegmentationModel):
-    """Detail branch (1/8) + semantic branch (1/32) -> guided aggregation -> head at 1/8; booster on stage 5."""
+    """Detail branch (1/8) + semantic branch (1/32) -> guided aggregation -> head at 1/8; boosters on S2-S5_4."""
 
-    def __init__(self, num_classes: int, *, aux: bool, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int, *, aux: bool, in_channels: int = 3, aux_boosters: str = "all") -> None:
         super().__init__()
+        if aux_boosters not in ("all", "s5"):
+            raise ValueError(f"aux_boosters must be 'all' (S2-S5_4, as the paper) or 's5', got {aux_boosters!r}")
         self.detail = DetailBranch(in_channels)
         self.semantic = SemanticBranch(in_channels)
         self.bga = BilateralGuidedAggregation(128)
@@ -189,6 +198,19 @@ class BiSeNetV2(SegmentationModel):
         self.booster = SegmentHead(128, 1024, num_classes) if aux else None
         self.aux_weight = BISENETV2_AUX_WEIGHT if aux else 0.0
         self._init_weights()
+        # Built and initialised after the rest, whose initial weights then do not depend on whether they exist.
+        shallow = aux and aux_boosters == "all"
+        self.boosters = nn.ModuleDict({f"s{stage}": SegmentHead(channels, hidden, num_classes)
+                                       for stage, channels, hidden in ((2, 16, 16), (3, 32, 64), (4, 64, 256))}
+                                      if shallow else {})  # fmt: skip
+        he_init_(self.boosters, zero_conv_bias=True)
+
+    @property
+    def aux_weights(self) -> dict[str, float]:
+        """The S5_4 booster as ``"aux"`` and the S2-S4 boosters as ``"aux_s2"`` ..., each with the paper's weight 1."""
+        if self.booster is None:
+            return {}
+        return {"aux": BISENETV2_AUX_WEIGHT, **{f"aux_{name}": BISENETV2_AUX_WEIGHT for name in self.boosters}}
 
     def _init_weights(self) -> None:
         # He (fan_out) for convs, BN to identity, as CoinCheung's code. Unlike it we do not
@@ -197,10 +219,12 @@ class BiSeNetV2(SegmentationModel):
         he_init_(self, zero_conv_bias=True)
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        semantic, stage5 = self.semantic(x)
+        semantic, stages = self.semantic.forward_stages(x)
         outputs = {"out": resize_to(self.head(self.bga(self.detail(x), semantic)), x)}
         if self.booster is not None:
-            outputs["aux"] = resize_to(self.booster(stage5), x)
+            outputs["aux"] = resize_to(self.booster(stages["s5"]), x)
+        for name, booster in self.boosters.items():
+            outputs[f"aux_{name}"] = resize_to(booster(stages[name]), x)
         return outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,6 +233,7 @@ class BiSeNetV2(SegmentationModel):
 
 
 @register_model
-def bisenetv2(*, num_classes: int, aux: bool = True, in_channels: int = 3) -> BiSeNetV2:
-    """BiSeNet V2 with its stage-5 booster head for training (``aux``); 3.4M parameters without it (19 classes)."""
-    return BiSeNetV2(num_classes, aux=aux, in_channels=in_channels)
+def bisenetv2(*, num_classes: int, aux: bool = True, in_channels: int = 3, aux_boosters: str = "all") -> BiSeNetV2:
+    """BiSeNet V2 with its booster heads for training (``aux``: S2-S5_4, or only S5_4 with ``aux_boosters="s5"``);
+    3.4M parameters without them (19 classes)."""
+    return BiSeNetV2(num_classes, aux=aux, in_channels=in_channels, aux_boosters=aux_boosters)
