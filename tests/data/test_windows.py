@@ -106,6 +106,11 @@ channels_last: false
     fit(config, resume=True, progress=False)
     a, b = load_file(str(straight / "last.safetensors")), load_file(str(split / "last.safetensors"))
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    from semseg.inference.evaluation import evaluate_checkpoint
+
+    # semseg evaluate reads the val rasters in the same grid of windows as the trainer's validation
+    metrics = evaluate_checkpoint(straight / "last.safetensors", str(description), backend="torch", progress=False)
+    assert metrics["mIoU"] == pytest.approx(result["history"][-1]["val_mIoU"], abs=1e-6)
 
 
 def test_data_check_reads_raster_pairs_block_by_block(rasters, tmp_path):
