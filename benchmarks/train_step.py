@@ -44,7 +44,7 @@ def main() -> None:
     for step in range(args.steps + 1):
         if step == 1:
             start = time.perf_counter()
-        loss = training_loss(net(x), y, loss_fn, model.aux_weight)
+        loss = training_loss(net(x), y, loss_fn, model.aux_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

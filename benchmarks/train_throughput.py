@@ -76,7 +76,7 @@ def plain_loop(config, data, steps: int, *, channels_last: bool) -> float:
     for i, (images, masks) in enumerate(itertools.islice(_loader(data.train, config, 0), WARMUP + steps)):
         if i == WARMUP:
             start = time.perf_counter()
-        loss = training_loss(net(images.contiguous(memory_format=fmt)), masks, loss_fn, model.aux_weight)
+        loss = training_loss(net(images.contiguous(memory_format=fmt)), masks, loss_fn, model.aux_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -64,3 +64,24 @@ def test_a_file_that_is_not_safetensors_is_named(tmp_path):
     path.write_text("just text")
     with pytest.raises(ValueError, match="notes.safetensors is not a readable safetensors file"):
         read_metadata(path)
+
+
+def test_a_bisenetv2_checkpoint_from_before_the_four_boosters_still_loads(tmp_path):
+    """Files written before ``aux_boosters`` existed hold one booster and no such option: rebuilt as saved."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = semseg.create_model("bisenetv2", num_classes=3, aux_boosters="s5")
+    path = save_weights(model, tmp_path / "old.safetensors", classes=["a", "b", "c"], palette=[[0, 0, 0]] * 3,
+                        mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+    config = json.loads(header["model_config"])
+    del config["aux_boosters"]
+    save_file(load_file(str(path)), str(path), metadata={**header, "model_config": json.dumps(config)})
+    loaded, _ = load_model(path)
+    assert not len(loaded.boosters) and loaded.booster is not None
+    assert set(loaded.aux_weights) == {"aux"}

@@ -91,6 +91,16 @@ def create_model(name: str, *, num_classes: int, **options: Any) -> nn.Module:
     return model
 
 
+# Options added to a builder after checkpoints were written without them, with the value that rebuilds
+# such an older file as it was saved (new files record every option, defaults filled in).
+_LEGACY_OPTIONS: dict[str, dict[str, Any]] = {"bisenetv2": {"aux_boosters": "s5"}}  # one booster before 4
+
+
+def saved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``model_config`` with the options it predates set as it was built (see ``_LEGACY_OPTIONS``)."""
+    return {**_LEGACY_OPTIONS.get(config.get("name"), {}), **config}
+
+
 def aux_free_twin(model: nn.Module, *, device: str | torch.device | None = None) -> nn.Module | None:
     """``model`` rebuilt from its ``model_config`` with ``aux: False`` (fresh weights, on ``device``), or None
     when it has no auxiliary head: the twin's state-dict keys are the model's minus the training-only

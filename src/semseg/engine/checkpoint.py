@@ -23,7 +23,7 @@ from torch import nn
 
 from semseg.data.base import list_some
 from semseg.pretrained import resolve_checkpoint
-from semseg.registry import WEIGHT_FILE_OPTIONS, create_model
+from semseg.registry import WEIGHT_FILE_OPTIONS, create_model, saved_config
 
 
 def save_weights(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
@@ -184,7 +184,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     path = resolve_checkpoint(path)
     meta = read_metadata(path)
-    config = {k: (None if k in WEIGHT_FILE_OPTIONS else v) for k, v in meta["model_config"].items()}
+    config = {k: (None if k in WEIGHT_FILE_OPTIONS else v) for k, v in saved_config(meta["model_config"]).items()}
     try:
         with torch.device("meta"):
             skeleton = create_model(**config)

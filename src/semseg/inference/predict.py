@@ -21,7 +21,7 @@ import torch
 from semseg.data.base import ARRAY_SUFFIX, IMAGE_SUFFIXES
 from semseg.inference.pipeline import run_pipeline
 from semseg.inference.predictor import ImageTooLarge, Predictor
-from semseg.inference.raster import RasterError, is_streamed, predict_raster
+from semseg.inference.raster import RasterError, is_streamed, merge_raster_parts, predict_raster
 from semseg.progress import progress_bar
 from semseg.visualize import cutout, overlay, palette_image
 
@@ -100,20 +100,21 @@ def predict_files(
     # Output names over every input, so that each process names its share as one process would.
     names = output_names([p for p in files if not is_video(p)])
     video_names = output_names([p for p in files if is_video(p)])
-    shared: dict[str, str] = {}
+    to_merge: list[tuple[Path, list[tuple[Path, Path | None]]]] = []
     if world_size > 1:  # a streamed raster is split among all processes by rows; other inputs go whole
         rasters = [p for p in files if not is_video(p) and _streams(p, max_pixels)]
         for path in progress_bar(rasters, desc="rasters", enabled=progress):
-            outcome = _predict_raster_shared(predictor, path, out, names[path], probs=probs, rank=rank,
-                                             world_size=world_size)  # fmt: skip
-            (shared if outcome == f"{names[path]}.tif" else failed)[str(path)] = outcome
+            parts, why = _predict_raster_part(predictor, path, out, names[path], probs=probs, rank=rank,
+                                              world_size=world_size)  # fmt: skip
+            if why is None:
+                to_merge.append((path, parts))
+            elif rank == 0:
+                failed[str(path)] = why
         files = [p for p in files if p not in rasters]
     files = files[rank::world_size]  # under torchrun each process takes every world_size-th input
     try:
         summary = _predict_share(predictor, files, out, failed, names, video_names, overlays=overlays, keep=keep,
                                  probs=probs, max_pixels=max_pixels, progress=progress)  # fmt: skip
-        summary["outputs"] = {**shared, **summary["outputs"]} if rank == 0 else summary["outputs"]
-        summary["images"] += len(shared) if rank == 0 else 0
         error = None
     except Exception as exc:
         if world_size == 1:
@@ -122,6 +123,18 @@ def predict_files(
         summary, error = {"images": 0, "outputs": {}, "videos": {}, "failed": {}}, exc
     if world_size > 1:
         summary = _merged(summary, world_size, error)
+    if rank == 0 and to_merge:  # after the last collective: the others need not wait for the merges
+        merged = {}
+        for path, parts in to_merge:
+            name = names[path]
+            try:
+                merge_raster_parts(predictor, path, parts, out / "masks" / f"{name}.tif",
+                                   out / "probs" / f"{name}.tif" if probs else None)  # fmt: skip
+                merged[str(path)] = f"{name}.tif"
+            except Exception as exc:  # noqa: BLE001 -- reported like any input that failed
+                summary["failed"][str(path)] = f"merging the processes' parts failed: {type(exc).__name__}: {exc}"
+        summary["outputs"] = {**merged, **summary["outputs"]}
+        summary["images"] += len(merged)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -174,46 +187,49 @@ def _streams(path: Path, max_pixels: int) -> bool:
         return False
 
 
-def _predict_raster_shared(predictor: Predictor, path: Path, out: Path, name: str, *, probs: bool, rank: int,
-                           world_size: int) -> str:  # fmt: skip
-    """Segment the streamed raster ``path`` with every process, each its contiguous share of the bands of
-    windows (:meth:`Predictor.row_bands`) into row parts, which rank 0 merges into ``masks/<name>.tif`` --
-    the file one process writes. Returns that file's name, or why the raster failed (the same on every rank)."""
+def _predict_raster_part(predictor: Predictor, path: Path, out: Path, name: str, *, probs: bool, rank: int,
+                         world_size: int) -> tuple[list[tuple[Path, Path | None]], str | None]:  # fmt: skip
+    """This process's share of the streamed raster ``path``: a contiguous run of its bands of windows
+    (:meth:`Predictor.row_bands`) written as row parts, which rank 0 merges into ``masks/<name>.tif`` (the
+    file one process writes) once every process is done. Returns the parts written by all processes and,
+    the same on every rank, why the raster failed (None if it did not). An error that is no fault of the
+    input (a bug) is raised on every rank."""
     import torch.distributed as dist
 
-    from semseg.inference.raster import import_rasterio, merge_raster_parts
+    from semseg.inference.raster import import_rasterio
 
     parts = [(out / "masks" / f".{name}.part{r}.tif", out / "probs" / f".{name}.part{r}.tif" if probs else None)
              for r in range(world_size)]  # fmt: skip
+    written: list[tuple[Path, Path | None]] = []
+    why, fatal = None, None
     try:
+        _target(out, "masks", f"{name}.tif", path)  # refuses to overwrite the input, before any work
+        if probs:
+            _target(out, "probs", f"{name}.tif", path)
         with import_rasterio().open(path) as src:
             bands = predictor.row_bands(src.height, src.width)
-        share = np.array_split(np.arange(len(bands)), world_size)[rank]
-        if len(share):
-            rows = (bands[share[0]][0], bands[share[-1]][1])
-            _target(out, "masks", parts[rank][0].name, path)
-            probs_part = _target(out, "probs", parts[rank][1].name, path) if probs else None
-            predict_raster(predictor, path, parts[rank][0], probs_target=probs_part, rows=rows)
-        error = None
+        shares = np.array_split(np.arange(len(bands)), world_size)
+        written = [pair for pair, share in zip(parts, shares) if len(share)]
+        if len(shares[rank]):
+            rows = (bands[shares[rank][0]][0], bands[shares[rank][-1]][1])
+            predict_raster(predictor, path, parts[rank][0], probs_target=parts[rank][1], rows=rows)
+    except (ImportError, RasterError, ValueError, OSError, MemoryError) as exc:
+        why = str(exc) or type(exc).__name__
     except Exception as exc:  # every process must reach the gather below, or the others would wait for it
-        error = f"{type(exc).__name__}: {exc}" if isinstance(exc, (MemoryError, RuntimeError)) else str(exc)
-    errors: list[str | None] = [None] * world_size
-    dist.all_gather_object(errors, error)
-    failure = next((e for e in errors if e is not None), None)
-    if rank == 0 and failure is None:
-        bands_per_rank = [len(s) for s in np.array_split(np.arange(len(bands)), world_size)]
-        written = [pair for pair, count in zip(parts, bands_per_rank) if count]
-        try:
-            merge_raster_parts(predictor, path, written, _target(out, "masks", f"{name}.tif", path),
-                               _target(out, "probs", f"{name}.tif", path) if probs else None)  # fmt: skip
-        except (RasterError, ValueError, OSError) as exc:
-            failure = str(exc)
-    elif failure is not None:
-        for pair in parts[rank : rank + 1]:
-            for part in pair:
-                if part is not None:
-                    part.unlink(missing_ok=True)
-    return f"{name}.tif" if failure is None else failure
+        why, fatal = f"{type(exc).__name__}: {exc}", exc
+    outcomes: list[tuple[str | None, bool]] = [(None, False)] * world_size
+    dist.all_gather_object(outcomes, (why, fatal is not None))
+    if fatal is not None:
+        raise fatal
+    if any(is_fatal for _, is_fatal in outcomes):
+        stopped = [f"process {r}: {w}" for r, (w, is_fatal) in enumerate(outcomes) if is_fatal]
+        raise RuntimeError(f"semseg predict stopped: {'; '.join(stopped)}")
+    why = next((w for w, _ in outcomes if w is not None), None)
+    if why is not None:
+        for part in parts[rank]:
+            if part is not None:
+                part.unlink(missing_ok=True)
+    return written, why
 
 
 def _merged(summary: dict, world_size: int, error: Exception | None) -> dict:
