@@ -145,6 +145,22 @@ def test_openvino_export_keeps_the_metadata(checkpoint, image, tmp_path, capsys,
 
 
 @needs_openvino
+@needs_onnxruntime
+def test_exported_files_keep_the_input_scale_and_their_predictors_follow_it(image, tmp_path):
+    model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2).eval()
+    checkpoint = save_weights(model, tmp_path / "m.safetensors", infer_scale=2.0, **META)
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    assert main(["export", str(checkpoint), "--format", "openvino", "--out", str(tmp_path / "ir")]) == 0
+    torch_probs = Predictor.from_checkpoint(checkpoint, backend="torch")(image, return_probs=True)[1]
+    native = Predictor.from_checkpoint(checkpoint, backend="torch", input_scale=1.0)(image, return_probs=True)[1]
+    assert np.abs(torch_probs - native).max() > 1e-3
+    for path, backend in [(tmp_path / "m.onnx", "onnxruntime"), (tmp_path / "ir" / "m.xml", "openvino")]:
+        predictor = Predictor.from_checkpoint(path, backend=backend)
+        assert predictor.input_scale == 2.0 and predictor.backend == backend
+        np.testing.assert_allclose(predictor(image, return_probs=True)[1], torch_probs, atol=1e-4)
+
+
+@needs_openvino
 def test_unusable_openvino_files_are_named(checkpoint, image, tmp_path, capsys):
     import openvino as ov
 

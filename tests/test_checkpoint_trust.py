@@ -52,6 +52,8 @@ def test_the_good_file_loads(good):
         ({"std": [0.25, 0.0, 0.25]}, r"metadata std must be > 0 for every channel"),
         ({"std": ["x", 1, 1]}, "metadata std must be a list of finite numbers"),
         ({"ignore_index": "255"}, "metadata ignore_index must be an int"),
+        ({"infer_scale": 100}, r"metadata infer_scale must be a number in \(0, 4.0\], got 100"),
+        ({"infer_scale": "2"}, r"metadata infer_scale must be a number in \(0, 4.0\], got '2'"),
     ],
 )
 def test_bad_metadata_is_named(good, tmp_path, change, message):

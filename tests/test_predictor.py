@@ -103,6 +103,20 @@ def test_multi_scale_tta_is_the_average_of_the_resized_views():
     assert np.array_equal(labels, expected[0].argmax(0).numpy())
 
 
+def test_input_scale_multiplies_every_test_time_scale():
+    image = random_image(40, 50, seed=4)
+    model = context_model()
+    _, scaled = context_predictor(model, input_scale=1.5)(image, return_probs=True)
+    _, as_tta = context_predictor(model, scales=(1.5,))(image, return_probs=True)
+    np.testing.assert_allclose(scaled, as_tta, rtol=1e-6, atol=1e-7)
+    _, both = context_predictor(model, input_scale=2.0, scales=(0.75, 1.0))(image, return_probs=True)
+    _, product = context_predictor(model, scales=(1.5, 2.0))(image, return_probs=True)
+    np.testing.assert_allclose(both, product, rtol=1e-6, atol=1e-7)
+    assert np.abs(scaled - context_predictor(model)(image, return_probs=True)[1]).max() > 1e-3
+    with pytest.raises(ValueError, match="input_scale must be positive, got 0"):
+        context_predictor(model, input_scale=0)
+
+
 class SizeRecorder(nn.Module):
     """Wraps a model and records the size of every input it sees."""
 

@@ -238,6 +238,35 @@ def test_train_then_evaluate_a_custom_folder_dataset(custom_dataset, tmp_path, c
     assert len(list((report / "worst").iterdir())) == 2  # both val images, worst first
 
 
+def test_infer_scale_is_validated_stored_and_followed_by_evaluate_and_the_predictor(custom_dataset, tmp_path):
+    import numpy as np
+
+    from semseg.inference.evaluation import evaluate_checkpoint
+    from semseg.inference.predictor import Predictor
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.replace("dataset: shapes", f"dataset: {custom_dataset}")
+                      .replace("options: {train_size: 32, val_size: 8, size: 32}", "crop_size: [32, 32]"))
+    with pytest.raises(ConfigError, match=r"data.infer_scale must be in \(0, 4.0\], got 0"):
+        load_config(recipe, ["data.infer_scale=0"])
+    out = tmp_path / "run"
+    result = fit(load_config(recipe, [f"out={out}", "epochs=1", "data.infer_scale=2"]), progress=False)
+    checkpoint = out / "last.safetensors"
+    assert read_metadata(checkpoint)["infer_scale"] == 2
+    predictor = Predictor.from_checkpoint(checkpoint, backend="torch")
+    assert predictor.input_scale == 2
+    sizes = []
+    predictor.model.module.register_forward_hook(lambda module, args, output: sizes.append(tuple(args[0].shape[-2:])))
+    image = custom_dataset.parent / "val" / "images" / "0.jpg"
+    labels = predictor(image)
+    assert labels.shape == (40, 40) and sizes == [(80, 80)]  # run at twice the size, labels at the image's own
+    # The trainer's validation and `semseg evaluate` run the model at the same scale, so score alike;
+    # the same weights at the inputs' own size give other probabilities (the scale is not a no-op here).
+    assert evaluate_checkpoint(checkpoint, str(custom_dataset), progress=False)["mIoU"] == pytest.approx(result["mIoU"])
+    native = Predictor.from_checkpoint(checkpoint, backend="torch", input_scale=1.0)
+    assert np.abs(native(image, return_probs=True)[1] - predictor(image, return_probs=True)[1]).max() > 1e-3
+
+
 @pytest.mark.parametrize("options", [[], ["--tile", "32"], ["--flip", "--scales", "0.75,1", "--tile", "32"]])
 def test_evaluate_scores_the_predictions_its_options_give(custom_dataset, tmp_path, options):
     import numpy as np

@@ -18,6 +18,8 @@ import yaml
 
 from semseg.typecheck import OptionError, check_value
 
+MAX_INFER_SCALE = 4.0  # data.infer_scale above this multiplies inference memory by over 16
+
 
 @dataclass
 class ModelConfig:
@@ -40,6 +42,9 @@ class DataConfig:
     val_split: str = "val"
     crop_size: list[int] | None = None  # [H, W]; None trains on whole images
     scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    # Validation and every inference command resize inputs by this factor before the model and its
+    # output back (stored in the checkpoint): e.g. 2 for a 1/8-resolution model on small images.
+    infer_scale: float = 1.0
     color_jitter: bool = False  # random brightness/contrast/saturation on training crops
     cache: bool = False  # decode the training images once and keep them in RAM (at most a quarter of it)
     batch_size: int = 8
@@ -111,6 +116,8 @@ class TrainConfig:
             raise ConfigError(f"data.crop_size must be [H, W] with both >= 32, got {self.data.crop_size}")
         if len(self.data.scale) != 2 or not 0 < self.data.scale[0] <= self.data.scale[1]:
             raise ConfigError(f"data.scale must be [min, max] with 0 < min <= max, got {self.data.scale}")
+        if not 0 < self.data.infer_scale <= MAX_INFER_SCALE:
+            raise ConfigError(f"data.infer_scale must be in (0, {MAX_INFER_SCALE}], got {self.data.infer_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON-serialisable), e.g. to store in a checkpoint."""

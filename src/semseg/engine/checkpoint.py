@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from semseg.config import MAX_INFER_SCALE
 from semseg.data.base import list_some
 from semseg.pretrained import resolve_checkpoint
 from semseg.registry import WEIGHT_FILE_OPTIONS, create_model, saved_config
@@ -101,7 +102,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """The metadata of a file written by :func:`save_weights` (or a shipped model's name), JSON values decoded and checked.
 
     Checked here, once, for everything that reads checkpoints (predict, evaluate, serve,
-    export, resume): types and lengths of ``model_config``, classes, palette, mean/std, bands.
+    export, resume): types and lengths of ``model_config``, classes, palette, mean/std, bands,
+    and the bounds of ``infer_scale``.
     """
     path = resolve_checkpoint(path)
     if not path.is_file():
@@ -120,6 +122,19 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
     _check_metadata(meta, path)
     return meta
+
+
+def infer_scale(meta: dict[str, Any], path: str | Path) -> float:
+    """The factor ``meta`` says to resize inputs by before the model (``data.infer_scale``), checked.
+
+    Absent from files older than the key: 1, inputs as given. Bounded, so a forged file cannot
+    make one image cost more than ``MAX_INFER_SCALE ** 2`` times its pixels.
+    """
+    scale = meta.get("infer_scale", 1.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale <= MAX_INFER_SCALE:
+        raise CheckpointError(f"{path}: metadata infer_scale must be a number in (0, {MAX_INFER_SCALE}], got "
+                              f"{scale!r}; the file is damaged or was not written by semseg")  # fmt: skip
+    return float(scale)
 
 
 def _check_metadata(meta: dict[str, Any], path: Path) -> None:
@@ -163,6 +178,7 @@ def _check_metadata(meta: dict[str, Any], path: Path) -> None:
     bands = meta.get("bands")  # absent (older files) or None: 8-bit RGB input
     if bands is not None and (not isinstance(bands, int) or isinstance(bands, bool) or bands != in_channels):
         fail("bands", f"must be null or the model's {in_channels} input channels, got {bands!r}")
+    infer_scale(meta, path)
     if "ignore_index" in meta and (not isinstance(meta["ignore_index"], int) or isinstance(meta["ignore_index"], bool)):
         fail("ignore_index", f"must be an int, got {meta['ignore_index']!r}")
 

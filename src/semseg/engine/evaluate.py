@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from semseg.metrics import ConfusionMatrix, metrics_from_confusion
@@ -31,6 +32,20 @@ def score_predictions(
     return total.mat, scores
 
 
+def probabilities_at(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: float,
+                     min_size: int = 32) -> torch.Tensor:  # fmt: skip
+    """Softmax probabilities of ``model`` on ``x`` resized by ``scale`` (each side at least ``min_size``),
+    resized back to ``x``'s size: the one definition of running a model at another scale, shared by
+    the trainer's validation (``data.infer_scale``) and the Predictor (that, times its test-time scales)."""
+    h, w = x.shape[-2:]
+    size = (max(min_size, round(h * scale)), max(min_size, round(w * scale)))
+    xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    probs = model(xs).softmax(1)
+    if probs.shape[-2:] != (h, w):
+        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+    return probs
+
+
 @torch.inference_mode()
 def confusion_matrix(
     model: nn.Module,
@@ -40,10 +55,17 @@ def confusion_matrix(
     ignore_index: int | None = 255,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    scale: float = 1.0,
 ) -> torch.Tensor:
-    """The ``(C, C)`` matrix ``[true, predicted]`` of pixel counts over ``batches`` (whole images)."""
+    """The ``(C, C)`` matrix ``[true, predicted]`` of pixel counts over ``batches`` (whole images),
+    the model run on inputs resized by ``scale`` (:func:`probabilities_at`)."""
     model.eval()
-    pairs = ((model(images.to(device)).argmax(1).cpu(), masks)
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        images = images.to(device)
+        return (model(images) if scale == 1 else probabilities_at(model, images, scale)).argmax(1).cpu()
+
+    pairs = ((predict(images), masks)
              for images, masks in progress_bar(batches, desc="eval", leave=False, enabled=progress))  # fmt: skip
     return score_predictions(pairs, num_classes=num_classes, ignore_index=ignore_index)[0]
 

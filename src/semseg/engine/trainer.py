@@ -140,7 +140,7 @@ def _fit(
                 channels_last=config.channels_last,
             )  # fmt: skip
             validate = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
-            metrics = _evaluate(model, val_loader, data, dist, progress) if validate else {}
+            metrics = _evaluate(model, val_loader, data, dist, progress, config.data.infer_scale) if validate else {}
             record = {"epoch": epoch + 1, "train_loss": stats["loss"], "val_mIoU": metrics.get("mIoU"),
                       "lr": optimizer.param_groups[0]["lr"], "images_per_s": stats["images_per_s"] * dist.world_size,
                       "skipped_batches": stats["skipped"]}  # fmt: skip
@@ -217,10 +217,11 @@ def build_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, *, tot
 
 
 def _evaluate(model: nn.Module, loader: DataLoader, data: DatasetBundle, dist: distributed.DistInfo,
-              progress: bool) -> dict[str, Any]:  # fmt: skip
-    """Each rank scores its share of the validation set; the confusion matrices are summed."""
+              progress: bool, scale: float) -> dict[str, Any]:  # fmt: skip
+    """Each rank scores its share of the validation set (inputs resized by ``scale``); the confusion
+    matrices are summed."""
     local = confusion_matrix(model, loader, num_classes=len(data.classes), ignore_index=data.ignore_index,
-                             device=dist.device, progress=progress)  # fmt: skip
+                             device=dist.device, progress=progress, scale=scale)  # fmt: skip
     confusion = distributed.all_reduce_sum(local.to(dist.device)).cpu()
     return metrics_from_confusion(confusion, data.classes)
 
@@ -228,7 +229,8 @@ def _evaluate(model: nn.Module, loader: DataLoader, data: DatasetBundle, dist: d
 def _metadata(config: TrainConfig, data: DatasetBundle) -> dict[str, Any]:
     """What a predictor needs besides the weights: classes, colours, normalisation, and how it was made."""
     return {"classes": list(data.classes), "palette": [list(c) for c in data.palette], "mean": list(data.mean),
-            "std": list(data.std), "bands": data.bands, "ignore_index": data.ignore_index, "config": config.to_dict(),
+            "std": list(data.std), "bands": data.bands, "ignore_index": data.ignore_index,
+            "infer_scale": config.data.infer_scale, "config": config.to_dict(),
             "semseg_version": __version__}  # fmt: skip
 
 

@@ -30,13 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from semseg.engine.checkpoint import load_model, read_metadata
+from semseg.engine.checkpoint import infer_scale, load_model, read_metadata
 from semseg.pretrained import resolve_checkpoint
 
 ENGINES = ("torch", "torch-channels-last", "onnxruntime", "openvino")
 BACKENDS = ("auto", *ENGINES)
 # What `semseg export` stores in a model file besides the weights, and the part a predictor needs.
-META_KEYS = ("classes", "palette", "mean", "std", "bands", "model_config")
+META_KEYS = ("classes", "palette", "mean", "std", "bands", "infer_scale", "model_config")
 REQUIRED_META = ("classes", "palette", "mean", "std")
 INSTALL_HINT = {"onnxruntime": "pip install onnxruntime", "openvino": 'pip install "semseg[openvino]"'}
 # What each engine runs: a semseg checkpoint, an ONNX file, an OpenVINO IR file, or a torch model in
@@ -241,6 +241,7 @@ def _check_metadata(metadata: dict[str, Any], path: str | Path) -> None:
     missing = [k for k in REQUIRED_META if k not in metadata]
     if missing:
         raise ValueError(f"{path} lacks semseg metadata ({', '.join(missing)}); export it with `semseg export`")
+    infer_scale(metadata, path)
 
 
 def cache_dir() -> Path:

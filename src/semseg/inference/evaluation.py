@@ -67,7 +67,8 @@ def evaluate_checkpoint(
     if out is not None:
         _write_report(Path(out), metrics, mat, data, predictor, scores,
                       {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "images": len(data),
-                       "backend": predictor.backend, "tile": tile, "flip": flip, "scales": list(scales)})  # fmt: skip
+                       "backend": predictor.backend, "tile": tile, "flip": flip, "scales": list(scales),
+                       "input_scale": predictor.input_scale})  # fmt: skip
     return metrics
 
 

@@ -16,11 +16,12 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
 from semseg.data.base import declared_size, read_bands, rgb_array
+from semseg.engine.checkpoint import infer_scale
+from semseg.engine.evaluate import probabilities_at
 from semseg.inference.backends import load_backend
 from semseg.pretrained import resolve_checkpoint
 
@@ -174,6 +175,8 @@ class Predictor:
     Without ``tile``, images over ``max_whole_pixels`` run in windows of ``AUTO_TILE`` pixels a side
     (or ``isqrt(max_whole_pixels)`` if smaller), so memory stays bounded; ``None`` runs them whole.
     ``scales`` and ``flip``: test-time augmentation; probabilities are averaged.
+    ``input_scale``: the model runs on inputs resized by this factor (times each of ``scales``) and its
+    probabilities are resized back; checkpoints trained with ``data.infer_scale`` set it.
     ``bands``: the model reads that many bands at full precision (``mean``/``std`` in their stored
     units) instead of 8-bit RGB; checkpoints of such models say so and set it.
     """
@@ -194,6 +197,7 @@ class Predictor:
         max_whole_pixels: int | None = MAX_WHOLE_PIXELS,
         metadata: dict[str, Any] | None = None,
         bands: int | None = None,
+        input_scale: float = 1.0,
     ) -> None:
         if tile is not None and tile < MIN_SIZE:
             raise ValueError(f"tile must be at least {MIN_SIZE} pixels, got {tile}")
@@ -203,6 +207,8 @@ class Predictor:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         if not scales or min(scales) <= 0:
             raise ValueError(f"scales must be positive, got {list(scales)}")
+        if not input_scale > 0:
+            raise ValueError(f"input_scale must be positive, got {input_scale}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.classes, self.palette = list(classes), [tuple(c) for c in palette]
@@ -214,6 +220,7 @@ class Predictor:
         self.mean = torch.tensor(mean, device=self.device, dtype=torch.float32).view(1, channels, 1, 1)
         self.std = torch.tensor(std, device=self.device, dtype=torch.float32).view(1, channels, 1, 1)
         self.tile, self.overlap, self.scales, self.flip = tile, overlap, tuple(scales), flip
+        self.input_scale = float(input_scale)
         self.max_whole_pixels = max_whole_pixels
         self.metadata = dict(metadata or {})  # the checkpoint's own description (model_config, version, ...)
         self.backend = getattr(model, "engine", "torch")  # which engine runs the model (a plain module: torch)
@@ -233,7 +240,8 @@ class Predictor:
                              "know how to read its images; train it on data described with bands: N (or save it "
                              f"with bands={channels} and mean/std in the images' stored units)")  # fmt: skip
         return cls(model, classes=meta["classes"], palette=meta["palette"], mean=meta["mean"], std=meta["std"],
-                   device=device, metadata=meta, bands=meta.get("bands"), **options)  # fmt: skip
+                   device=device, metadata=meta, bands=meta.get("bands"),
+                   **{"input_scale": infer_scale(meta, path), **options})  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, name: str, *, device: str | torch.device = "cpu", backend: str = "auto",
@@ -283,10 +291,10 @@ class Predictor:
 
     def _single_view(self, rgb: np.ndarray) -> bool:
         """One forward pass at the image's own size covers it: no test-time augmentation, no
-        tiling, and no upsampling of an image under ``MIN_SIZE``."""
+        tiling, no input scale, and no upsampling of an image under ``MIN_SIZE``."""
         h, w = rgb.shape[:2]
         whole = self._tile_for(h, w) is None
-        return whole and min(h, w) >= MIN_SIZE and self.scales == (1.0,) and not self.flip
+        return whole and min(h, w) >= MIN_SIZE and self.scales == (1.0,) and self.input_scale == 1 and not self.flip
 
     def row_bands(self, height: int, width: int) -> list[tuple[int, int]]:
         """The ``(first, end)`` rows each band of windows finishes for a ``height x width`` image, top to
@@ -324,17 +332,12 @@ class Predictor:
 
     def _whole(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``(1, C, H, W)`` averaged over scales (and flips)."""
-        h, w = x.shape[-2:]
         total = None
         for scale in self.scales:
-            size = (max(MIN_SIZE, round(h * scale)), max(MIN_SIZE, round(w * scale)))
-            xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            views = [xs, xs.flip(-1)] if self.flip else [xs]
-            for i, view in enumerate(views):
-                probs = self.model(view).softmax(1)  # views are never under MIN_SIZE
-                probs = probs.flip(-1) if i == 1 else probs
-                if probs.shape[-2:] != (h, w):
-                    probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+            for flipped in (False, True) if self.flip else (False,):
+                view = x.flip(-1) if flipped else x
+                probs = probabilities_at(self.model, view, scale * self.input_scale, MIN_SIZE)
+                probs = probs.flip(-1) if flipped else probs
                 total = probs if total is None else total + probs
         return total / (len(self.scales) * (2 if self.flip else 1))
 
