@@ -113,6 +113,29 @@ def test_nodata_pixels_in_are_nodata_out(tmp_path, how):
         assert not probs.read()[:, empty].any()
 
 
+def test_nan_and_infinite_samples_of_a_float_band_model_are_nodata_out(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)).eval()
+
+    def predictor() -> Predictor:
+        return Predictor(model, classes=CLASSES, palette=PALETTE, mean=(100.0, 2.0), std=(50.0, 1.0), bands=2, tile=64)
+
+    bands = np.random.default_rng(5).normal((100.0, 2.0), (50.0, 1.0), (*SIZE, 2)).astype(np.float32)
+    empty = np.zeros(SIZE, dtype=bool)
+    empty[10:30, 20:90] = True
+    bands[10:30, 20:90, 1] = np.nan  # one band missing is enough to make the pixel no data
+    bands[200:205, 100:150, 0] = np.inf
+    empty[200:205, 100:150] = True
+    source = write_tif(tmp_path / "in.tif", bands.transpose(2, 0, 1))  # float32, no nodata value or mask
+    predict_raster(predictor(), source, tmp_path / "out.tif", probs_target=tmp_path / "p.tif")
+    streamed = read_tif(tmp_path / "out.tif")[0]
+    filled = np.where(empty[..., None], np.float32([100.0, 2.0]), bands)
+    assert np.array_equal(streamed == 255, empty)
+    assert np.array_equal(streamed[~empty], predictor()(filled)[~empty])
+    with rasterio.open(tmp_path / "p.tif") as probs:
+        assert np.array_equal(probs.dataset_mask() == 0, empty)
+
+
 def test_sixteen_bit_and_grey_rasters_are_read_as_image_files_are(tmp_path):
     rgb = random_rgb(*SIZE, seed=2)
     predictor = context_predictor(tile=64)

@@ -116,7 +116,7 @@ def _stream(rasterio: ModuleType, predictor: Predictor, source: Path, target: Pa
         windows = RasterWindows(src, source, bands=predictor.bands, fill=predictor.mean.flatten().tolist())
         if rows is None:
             labels, probs = _open_outputs(rasterio, src, predictor, target, probs_target, outputs)
-            valid = None if _all_valid(rasterio, src) else lambda top, rows: _valid(rasterio, src, top, rows)
+            valid = _validity(rasterio, src, predictor.bands)
         else:
             labels, probs = _open_parts(rasterio, src, predictor, target, probs_target, rows[1] - rows[0], outputs)
             valid = None  # applied when the parts are merged
@@ -220,7 +220,7 @@ def merge_raster_parts(predictor: Predictor, source: str | Path, parts: Sequence
     try:
         with _gdal_env(rasterio), rasterio.open(source) as src, ExitStack() as outputs:
             labels, probs = _open_outputs(rasterio, src, predictor, target, probs_target, outputs)
-            valid = None if _all_valid(rasterio, src) else lambda top, rows: _valid(rasterio, src, top, rows)
+            valid = _validity(rasterio, src, predictor.bands)
             writer = _RowWriter([d for d in (labels, probs) if d is not None], valid)
             for label_part, probs_part in parts:
                 with ExitStack() as inputs:
@@ -298,9 +298,24 @@ def _all_valid(rasterio: ModuleType, src: Any) -> bool:
     return all(rasterio.enums.MaskFlags.all_valid in flags for flags in src.mask_flag_enums)
 
 
-def _valid(rasterio: ModuleType, src: Any, top: int, rows: int) -> np.ndarray:
-    """``(rows, width)`` bool: where the input has data (GDAL's dataset mask: alpha, or not all bands nodata)."""
-    return src.dataset_mask(window=rasterio.windows.Window(0, top, src.width, rows)) > 0
+def _validity(rasterio: ModuleType, src: Any, bands: int | None) -> Callable[[int, int], np.ndarray] | None:
+    """``valid(top, rows)``: the ``(rows, width)`` bool of where the input has data, which the outputs
+    keep: GDAL's dataset mask (alpha, or not all bands nodata) and, for a model of full-precision
+    ``bands``, finite samples in every float band it reads (RasterWindows fills the others with the
+    mean, so their labels are no prediction). None when every pixel is data."""
+    masked = not _all_valid(rasterio, src)
+    floats = [] if bands is None else [b for b in range(1, bands + 1) if np.dtype(src.dtypes[b - 1]).kind == "f"]
+    if not masked and not floats:
+        return None
+
+    def valid(top: int, rows: int) -> np.ndarray:
+        window = rasterio.windows.Window(0, top, src.width, rows)
+        ok = src.dataset_mask(window=window) > 0 if masked else np.ones((rows, src.width), dtype=bool)
+        for band in floats:  # one band at a time: memory stays one band of the rows
+            ok &= np.isfinite(src.read(band, window=window))
+        return ok
+
+    return valid
 
 
 class _RowWriter:
