@@ -158,6 +158,15 @@ def test_exported_files_keep_the_input_scale_and_their_predictors_follow_it(imag
         predictor = Predictor.from_checkpoint(path, backend=backend)
         assert predictor.input_scale == 2.0 and predictor.backend == backend
         np.testing.assert_allclose(predictor(image, return_probs=True)[1], torch_probs, atol=1e-4)
+    import onnx
+
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "semseg.infer_scale":
+            prop.value = "100"
+    onnx.save(proto, str(tmp_path / "forged.onnx"))
+    with pytest.raises(ValueError, match=r"forged.onnx: metadata infer_scale must be a number in \(0, 4.0\], got 100"):
+        Predictor.from_checkpoint(tmp_path / "forged.onnx", backend="onnxruntime")
 
 
 @needs_openvino

@@ -147,6 +147,19 @@ def test_images_over_max_whole_pixels_are_tiled_automatically():
     assert recorder.sizes and set(recorder.sizes) <= {(1024, 1024)}  # AUTO_TILE windows
 
 
+def test_the_automatic_tiling_bound_is_on_the_pixels_the_model_sees():
+    image = random_image(40, 40, seed=5)  # 1,600 pixels, 6,400 at input scale 2
+    recorder = SizeRecorder(context_model())
+    context_predictor(recorder, max_whole_pixels=4096)(image)
+    assert recorder.sizes == [(40, 40)]
+    recorder.sizes.clear()
+    context_predictor(recorder, max_whole_pixels=4096, input_scale=2.0)(image)
+    assert recorder.sizes and set(recorder.sizes) == {(64, 64)}  # 32-pixel windows of the image, doubled
+    recorder.sizes.clear()
+    context_predictor(recorder, tile=32, input_scale=2.0)(image)  # an explicit tile is in the image's pixels
+    assert set(recorder.sizes) == {(64, 64)}
+
+
 def test_every_input_kind_gives_the_same_labels(tmp_path):
     image = random_image(33, 47)
     Image.fromarray(image).save(tmp_path / "x.png")

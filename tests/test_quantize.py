@@ -45,6 +45,11 @@ def test_calibration_batches_are_normalised_like_the_predictor(images):
     rgb = np.array(Image.open(images[0]))
     assert batch.shape == (1, 3, 48, 64) and batch.dtype == np.float32
     np.testing.assert_allclose(batch[0, 1], (rgb[..., 1] / 255 - 0.5) / 0.25, rtol=1e-6, atol=1e-5)
+    doubled = calibration_batches(images[:1], {"mean": [0.5] * 3, "std": [0.25] * 3, "infer_scale": 2.0})[0]
+    assert doubled.shape == (1, 3, 96, 128)  # what a model trained with data.infer_scale: 2 sees
+    expected = torch.nn.functional.interpolate(torch.from_numpy(batch), size=(96, 128), mode="bilinear",
+                                               align_corners=False)  # fmt: skip
+    np.testing.assert_allclose(doubled, expected.numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_int8_export_keeps_metadata_and_runs_in_the_predictor(checkpoint, images, tmp_path):

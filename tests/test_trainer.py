@@ -250,7 +250,7 @@ def test_infer_scale_is_validated_stored_and_followed_by_evaluate_and_the_predic
     with pytest.raises(ConfigError, match=r"data.infer_scale must be in \(0, 4.0\], got 0"):
         load_config(recipe, ["data.infer_scale=0"])
     out = tmp_path / "run"
-    result = fit(load_config(recipe, [f"out={out}", "epochs=1", "data.infer_scale=2"]), progress=False)
+    result = fit(load_config(recipe, [f"out={out}", "epochs=40", "val_every=40", "data.infer_scale=2"]), progress=False)
     checkpoint = out / "last.safetensors"
     assert read_metadata(checkpoint)["infer_scale"] == 2
     predictor = Predictor.from_checkpoint(checkpoint, backend="torch")
@@ -263,6 +263,15 @@ def test_infer_scale_is_validated_stored_and_followed_by_evaluate_and_the_predic
     # The trainer's validation and `semseg evaluate` run the model at the same scale, so score alike;
     # the same weights at the inputs' own size give other probabilities (the scale is not a no-op here).
     assert evaluate_checkpoint(checkpoint, str(custom_dataset), progress=False)["mIoU"] == pytest.approx(result["mIoU"])
+    at_one = evaluate_checkpoint(checkpoint, str(custom_dataset), progress=False, input_scale=1.0)["mIoU"]
+    assert abs(at_one - result["mIoU"]) > 1e-3  # so the trainer did validate at 2x
+    report = tmp_path / "eval"
+    args = ["evaluate", str(checkpoint), "--data", str(custom_dataset), "--out", str(report), "--quiet", "--input-scale", "1"]
+    assert main(args) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["input_scale"] == 1.0 and metrics["mIoU"] == pytest.approx(at_one)
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(checkpoint), "--data", str(custom_dataset), "--input-scale", "9"])
     native = Predictor.from_checkpoint(checkpoint, backend="torch", input_scale=1.0)
     assert np.abs(native(image, return_probs=True)[1] - predictor(image, return_probs=True)[1]).max() > 1e-3
 

@@ -69,7 +69,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"backend: {backend}")
     metrics = evaluate_checkpoint(args.checkpoint, args.data, root=args.root, split=args.split, device=args.device,
                                   backend=backend, tile=args.tile, flip=args.flip, scales=args.scales, out=args.out,
-                                  progress=not args.quiet)  # fmt: skip
+                                  progress=not args.quiet, input_scale=args.input_scale)  # fmt: skip
     print(per_class_table(metrics))
     if args.out:
         print(f"wrote metrics.json, per_class.md, confusion.png and worst/ to {args.out}/")
@@ -85,7 +85,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     dist = distributed.setup(args.device)
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=dist.device, backend=args.backend,
-                                              tile=args.tile, flip=args.flip, scales=args.scales)  # fmt: skip
+                                              tile=args.tile, flip=args.flip, scales=args.scales,
+                                              **_input_scale(args))  # fmt: skip
         if dist.is_main:
             print(f"backend: {predictor.backend}" + (f", {dist.world_size} processes" if dist.world_size > 1 else ""))
         summary = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay,
@@ -159,6 +160,27 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
           f"{r['images_per_s']:.2f} images/s; {r['achieved_gflops_per_s']:.1f} GFLOP/s = "
           f"{100 * r['share_of_peak']:.0f}% of the measured peak {r['peak_gflops_per_s']:.1f} GFLOP/s")
     return 0
+
+
+INPUT_SCALE_HELP = ("resize inputs by this factor before the model, and its output back (default: the "
+                    "checkpoint's data.infer_scale, 1 for most)")
+
+
+def _input_scale_value(text: str) -> float:
+    from semseg.config import MAX_INFER_SCALE
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 2, got {text!r}") from None
+    if not 0 < value <= MAX_INFER_SCALE:
+        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_INFER_SCALE}], got {text!r}")
+    return value
+
+
+def _input_scale(args: argparse.Namespace) -> dict[str, float]:
+    """``--input-scale`` as a Predictor option, or nothing (the checkpoint's own)."""
+    return {} if args.input_scale is None else {"input_scale": args.input_scale}
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -250,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="val", help="default: val")
     ev.add_argument("--tile", type=_positive_int, help="sliding-window size (e.g. 512) for large images")
     ev.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
-    ev.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.5,0.75,1,1.25,1.5,1.75")
+    ev.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.5,0.75,1,1.25,1.5,1.75 "
+                    "(times the checkpoint's input scale)")
+    ev.add_argument("--input-scale", type=_input_scale_value, help=INPUT_SCALE_HELP)
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     ev.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     ev.add_argument("--out", help="folder for metrics.json, per_class.md and confusion.png")
@@ -280,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip images larger than this, width x height, read from the header (default: 100 "
                     "megapixels); larger TIFFs are streamed to label GeoTIFFs instead")
     pr.add_argument("--flip", action="store_true", help="test-time augmentation: average with the mirrored image")
-    pr.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.75,1,1.25")
+    pr.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.75,1,1.25 "
+                    "(times the checkpoint's input scale)")
+    pr.add_argument("--input-scale", type=_input_scale_value, help=INPUT_SCALE_HELP)
     pr.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     pr.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")

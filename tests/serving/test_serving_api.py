@@ -89,6 +89,7 @@ def test_model_description_health_and_openapi(server):
     assert model["architecture"] == "unet" and model["options"]["base_channels"] == 4
     assert model["classes"] == list(server.classes) and model["palette"] == list(server.palette)
     assert model["normalization"]["mean"] == [0.5] * 3 and model["normalization"]["std"] == [0.25] * 3
+    assert model["input_scale"] == 1.0  # a checkpoint without data.infer_scale: uploads as they are
     assert model["backend"] == choose_backend(server.checkpoint)  # auto: openvino where installed
     assert model["limits"] == {"max_upload_bytes": 262144, "max_pixels": 1_000_000}
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}

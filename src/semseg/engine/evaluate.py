@@ -32,15 +32,21 @@ def score_predictions(
     return total.mat, scores
 
 
+def resize_input(x: torch.Tensor, scale: float, min_size: int = 32) -> torch.Tensor:
+    """``x`` ``(N, C, H, W)`` resized by ``scale`` (bilinear; each side at least ``min_size``): what a model
+    run at ``scale`` sees, also for int8 calibration."""
+    h, w = x.shape[-2:]
+    size = (max(min_size, round(h * scale)), max(min_size, round(w * scale)))
+    return x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 def probabilities_at(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: float,
                      min_size: int = 32) -> torch.Tensor:  # fmt: skip
     """Softmax probabilities of ``model`` on ``x`` resized by ``scale`` (each side at least ``min_size``),
     resized back to ``x``'s size: the one definition of running a model at another scale, shared by
     the trainer's validation (``data.infer_scale``) and the Predictor (that, times its test-time scales)."""
     h, w = x.shape[-2:]
-    size = (max(min_size, round(h * scale)), max(min_size, round(w * scale)))
-    xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    probs = model(xs).softmax(1)
+    probs = model(resize_input(x, scale, min_size)).softmax(1)
     if probs.shape[-2:] != (h, w):
         probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
     return probs
@@ -79,8 +85,10 @@ def evaluate(
     ignore_index: int | None = 255,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    scale: float = 1.0,
 ) -> dict:
-    """mIoU, per-class IoU, pixel accuracy and the rest (see :mod:`semseg.metrics`) over ``batches``."""
+    """mIoU, per-class IoU, pixel accuracy and the rest (see :mod:`semseg.metrics`) over ``batches``,
+    the model run on inputs resized by ``scale``."""
     mat = confusion_matrix(model, batches, num_classes=num_classes, ignore_index=ignore_index, device=device,
-                           progress=progress)  # fmt: skip
+                           progress=progress, scale=scale)  # fmt: skip
     return metrics_from_confusion(mat, class_names)

@@ -36,14 +36,18 @@ def evaluate_checkpoint(
     scales: Sequence[float] = (1.0,),
     out: str | Path | None = None,
     progress: bool = True,
+    input_scale: float | None = None,
 ) -> dict:
     """mIoU and the rest over every image of the split (streamed confusion matrix).
+
+    ``input_scale``: run the model on inputs resized by this factor (None: the checkpoint's own).
 
     With ``out``: writes ``metrics.json``, ``per_class.md``, ``confusion.png`` and
     ``worst/`` (image | truth | prediction of the lowest-mIoU images).
     """
+    scale = {} if input_scale is None else {"input_scale": input_scale}
     predictor = Predictor.from_checkpoint(checkpoint, device=device, backend=backend, tile=tile, flip=flip,
-                                          scales=scales)  # fmt: skip
+                                          scales=scales, **scale)  # fmt: skip
     # A folder has no class list of its own: it has the checkpoint's classes (whose indices its masks hold) and bands.
     folder = {"classes": predictor.classes, "bands": predictor.bands}
     data = open_dataset(dataset, split, root=root, options=folder if dataset == "folder" else None)

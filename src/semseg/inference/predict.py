@@ -176,7 +176,7 @@ def _predict_share(predictor: Predictor, files: Sequence[Path], out: Path, faile
     videos = predict_videos(predictor, [p for p in files if is_video(p)], out, failed=failed, progress=progress,
                             names=video_names)  # fmt: skip
     return {"images": len(written), "outputs": written, "videos": videos, "failed": failed, "out": str(out),
-            "backend": predictor.backend}  # fmt: skip
+            "backend": predictor.backend, "input_scale": predictor.input_scale}  # fmt: skip
 
 
 def _streams(path: Path, max_pixels: int) -> bool:

@@ -282,11 +282,14 @@ class Predictor:
         return [self(image) for image in images]
 
     def _tile_for(self, h: int, w: int) -> int | None:
-        """The window side for an ``h x w`` image, or None to run it whole."""
+        """The window side for an ``h x w`` image, or None to run it whole. ``tile`` is in the image's
+        pixels; the automatic bound is on the pixels the model sees, so with ``input_scale`` s images
+        tile from ``max_whole_pixels / s**2`` up, in windows ``1 / s`` the side."""
         if self.tile is not None:
             return self.tile if max(h, w) > self.tile else None
-        if self.max_whole_pixels is not None and h * w > self.max_whole_pixels:
-            return min(AUTO_TILE, math.isqrt(self.max_whole_pixels))
+        s = self.input_scale
+        if self.max_whole_pixels is not None and h * w * s * s > self.max_whole_pixels:
+            return max(MIN_SIZE, round(min(AUTO_TILE, math.isqrt(self.max_whole_pixels)) / s))
         return None
 
     def _single_view(self, rgb: np.ndarray) -> bool:

@@ -19,20 +19,23 @@ import numpy as np
 import torch
 
 from semseg.engine.checkpoint import read_metadata
+from semseg.engine.evaluate import resize_input
 from semseg.inference.backends import OnnxRuntimeModel, OpenVinoModel
 from semseg.inference.export import export, openvino_path
-from semseg.inference.predictor import model_input, read_pixels
+from semseg.inference.predictor import MIN_SIZE, model_input, read_pixels
 
 
 def calibration_batches(images: Sequence[str | Path], meta: dict) -> list[np.ndarray]:
     """Each image as the ``(1, C, H, W)`` float32 array the model of checkpoint metadata ``meta`` sees,
-    through the Predictor's own pre-processing (calibration on other inputs would fit the int8 ranges
-    to the wrong values)."""
+    through the Predictor's own pre-processing and at its ``infer_scale`` (calibration on other inputs
+    would fit the int8 ranges to the wrong values)."""
     bands = meta.get("bands")
     mean, std = torch.tensor(meta["mean"]).view(1, -1, 1, 1), torch.tensor(meta["std"]).view(1, -1, 1, 1)
-    scale = 255.0 if bands is None else 1.0
+    pixel_scale = 255.0 if bands is None else 1.0
     fill = meta["mean"] if bands is not None else None
-    return [model_input(read_pixels(path, bands, fill=fill), mean, std, scale).numpy() for path in images]
+    size = meta.get("infer_scale", 1.0)  # checked by read_metadata
+    return [resize_input(model_input(read_pixels(path, bands, fill=fill), mean, std, pixel_scale), size, MIN_SIZE).numpy()
+            for path in images]  # fmt: skip
 
 
 def export_int8(

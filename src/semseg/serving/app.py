@@ -78,6 +78,7 @@ def model_description(predictor: Predictor, settings: ServeSettings) -> dict:
         "palette": [list(c) for c in predictor.palette],
         "normalization": {"mean": predictor.mean.flatten().tolist(), "std": predictor.std.flatten().tolist(),
                           "scale": "pixel values / 255, then (x - mean) / std"},  # fmt: skip
+        "input_scale": predictor.input_scale,  # the model runs on uploads resized by this, labels at their size
         "file": os.path.basename(settings.checkpoint),
         "backend": predictor.backend,
         "trained_with": predictor.metadata.get("semseg_version"),
