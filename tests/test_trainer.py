@@ -59,12 +59,12 @@ def test_fit_writes_checkpoints_logs_and_curves(recipe, tmp_path):
     assert model.model_config["base_channels"] == 4
 
 
-@pytest.mark.parametrize("amp", ["none", "fp16"])
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path, amp):
+@pytest.mark.parametrize(("amp", "ema"), [("none", 0.0), ("fp16", 0.0), ("none", 0.8)])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path, amp, ema):
     straight = tmp_path / "straight"
-    fit(load_config(recipe, [f"out={straight}", f"amp={amp}"]), progress=False)
+    fit(load_config(recipe, [f"out={straight}", f"amp={amp}", f"ema={ema}"]), progress=False)
     split = tmp_path / "split"
-    config = load_config(recipe, [f"out={split}", f"amp={amp}"])
+    config = load_config(recipe, [f"out={split}", f"amp={amp}", f"ema={ema}"])
     fit(config, stop_after=2, progress=False)
     assert read_metadata(split / "last.safetensors")["epoch"] == 2
     scaler = torch.load(split / "last.state.pt", weights_only=True)["scaler"]
@@ -77,6 +77,31 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path,
         assert torch.equal(a[key], b[key]), key
     logged = [json.loads(line)["epoch"] for line in (split / "log.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3, 4]
+    if ema:  # the average and the weights it averages both continue exactly
+        trained = [torch.load(run / "last.state.pt", weights_only=True)["ema"] for run in (straight, split)]
+        assert trained[0]["steps"] == trained[1]["steps"] == 16  # 4 epochs of 4 steps
+        for key, value in trained[0]["trained_weights"].items():
+            assert torch.equal(value, trained[1]["trained_weights"][key]), key
+            if value.is_floating_point() and value.numel() > 1:
+                assert not torch.equal(value, a[key]), key  # the checkpoint holds the average, not these
+
+
+def test_ema_checkpoints_hold_the_validated_average_and_resume_refuses_another_setting(recipe, tmp_path):
+    from semseg.engine.evaluate import evaluate
+    from semseg.engine.datasets import build_datasets
+
+    out = tmp_path / "run"
+    config = load_config(recipe, [f"out={out}", "ema=0.8"])
+    result = fit(config, stop_after=3, progress=False)
+    model, _ = load_model(out / "last.safetensors")
+    data = build_datasets(config)
+    batches = torch.utils.data.DataLoader(data.val, batch_size=config.data.val_batch_size)
+    scored = evaluate(model, batches, num_classes=len(data.classes), progress=False)
+    assert scored["mIoU"] == pytest.approx(result["mIoU"])  # validation scored the weights the file holds
+    with pytest.raises(ConfigError, match="was trained with ema; resume it with the ema it was started with"):
+        fit(load_config(recipe, [f"out={out}", "ema=0"]), resume=True, progress=False)
+    with pytest.raises(ConfigError, match=r"ema must be in \[0, 1\)"):
+        load_config(recipe, ["ema=1"])
 
 
 def test_tensorboard_holds_the_jsonl_log_and_is_closed_when_a_run_stops_early(recipe, tmp_path, monkeypatch):

@@ -101,6 +101,9 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes; only used when training on more than one
     dist_timeout_s: float = 600.0  # under torchrun: a collective waiting longer (a dead peer) fails instead of hanging
     channels_last: bool = True  # NHWC weights and batches: ~2x faster convolutions on CPUs (docs/benchmarks.md)
+    # Exponential moving average of the weights (and BatchNorm statistics), this decay per optimizer
+    # step; validation and the checkpoints use the average. 0: off. E.g. 0.995 averages ~200 steps.
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -116,6 +119,8 @@ class TrainConfig:
             raise ConfigError(f"data.crop_size must be [H, W] with both >= 32, got {self.data.crop_size}")
         if len(self.data.scale) != 2 or not 0 < self.data.scale[0] <= self.data.scale[1]:
             raise ConfigError(f"data.scale must be [min, max] with 0 < min <= max, got {self.data.scale}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema must be in [0, 1) (a decay per step, 0: off), got {self.ema}")
         if not 0 < self.data.infer_scale <= MAX_INFER_SCALE:
             raise ConfigError(f"data.infer_scale must be in (0, {MAX_INFER_SCALE}], got {self.data.infer_scale}")
 

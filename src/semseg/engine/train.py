@@ -77,6 +77,7 @@ def train_one_epoch(
     desc: str = "train",
     progress: bool = True,
     channels_last: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; an optimizer (and ``scheduler``) step every ``grad_accum`` batches.
 
@@ -85,7 +86,8 @@ def train_one_epoch(
     counted — on every process at once when any process's loss is not finite; ``max_nonfinite``
     of them in a row stop training with ``FloatingPointError``.
     Returns the mean loss of the finite batches, images/s and the number skipped.
-    ``channels_last`` feeds batches in NHWC order, for a model converted to it.
+    ``channels_last`` feeds batches in NHWC order, for a model converted to it. ``on_step`` runs
+    after every optimizer step (e.g. to update an average of the weights).
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = model if isinstance(model, (TrainForward, DistributedDataParallel)) else TrainForward(model)
@@ -125,6 +127,8 @@ def train_one_epoch(
             _step(net, optimizer, scaler, clip_grad_norm)
             if scheduler is not None:
                 scheduler.step()
+            if on_step is not None:
+                on_step()
         total += loss.item() * len(images)
         seen += len(images)
         elapsed = time.perf_counter() - start

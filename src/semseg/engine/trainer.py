@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from semseg import __version__
@@ -84,6 +85,9 @@ def _fit(
     model = model.to(dist.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # The average lives beside the trained model: validation and checkpoints use it, training never does.
+    ema = None if not config.ema else AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema),
+                                                    use_buffers=True)  # fmt: skip
     net: nn.Module = TrainForward(model)
     if dist.world_size > 1:
         if config.sync_bn:
@@ -121,7 +125,7 @@ def _fit(
         run_folder.prepare(out, resume=resume, overwrite=overwrite)
     distributed.barrier()
     if resume:
-        start_epoch, history, best = _restore(out, model, optimizer, scheduler, scaler, dist)
+        start_epoch, history, best = _restore(out, model, optimizer, scheduler, scaler, dist, ema)
     metadata = _metadata(config, data)
     end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
     # Closed (so flushed) however the loop ends: finished, stop_after, or an exception.
@@ -137,10 +141,11 @@ def _fit(
                 net, train_loader, optimizer, loss_fn, scheduler=scheduler, device=dist.device, amp=config.amp,
                 scaler=scaler, grad_accum=config.grad_accum, clip_grad_norm=config.clip_grad_norm,
                 max_nonfinite=config.max_nonfinite, desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
-                channels_last=config.channels_last,
+                channels_last=config.channels_last, on_step=None if ema is None else lambda: ema.update_parameters(model),
             )  # fmt: skip
+            scored = model if ema is None else ema.module  # what validation scores and the checkpoints hold
             validate = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
-            metrics = _evaluate(model, val_loader, data, dist, progress, config.data.infer_scale) if validate else {}
+            metrics = _evaluate(scored, val_loader, data, dist, progress, config.data.infer_scale) if validate else {}
             record = {"epoch": epoch + 1, "train_loss": stats["loss"], "val_mIoU": metrics.get("mIoU"),
                       "lr": optimizer.param_groups[0]["lr"], "images_per_s": stats["images_per_s"] * dist.world_size,
                       "skipped_batches": stats["skipped"]}  # fmt: skip
@@ -151,7 +156,9 @@ def _fit(
                 best = max(best, metrics.get("mIoU", -math.inf))
                 meta = {**metadata, "epoch": epoch + 1, "metrics": metrics}
                 state = _state(epoch + 1, history, best, optimizer, scheduler, scaler)
-                run_folder.commit(out, model, state, meta, is_best=is_best)
+                if ema is not None:  # the weights files hold the average; resuming needs the trained weights too
+                    state["ema"] = {"trained_weights": model.state_dict(), "steps": int(ema.n_averaged)}
+                run_folder.commit(out, scored, state, meta, is_best=is_best)
             distributed.barrier()
     if dist.is_main and history:
         plot_curves([{k: h[k] for k in ("epoch", "train_loss", "val_mIoU")} for h in history], out / "curves.png")
@@ -245,8 +252,11 @@ def _state(epoch, history, best, optimizer, scheduler, scaler) -> dict[str, Any]
     }  # fmt: skip
 
 
-def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.DistInfo) -> tuple[int, list, float]:
-    """Load ``last.*`` from ``out`` (after finishing any interrupted commit); returns (epochs done, history, best mIoU)."""
+def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.DistInfo,
+             ema: AveragedModel | None = None) -> tuple[int, list, float]:  # fmt: skip
+    """Load ``last.*`` from ``out`` (after finishing any interrupted commit); returns (epochs done, history, best mIoU).
+
+    With ``ema``, ``last.safetensors`` holds the average and the state file the trained weights."""
     if dist.is_main:
         run_folder.recover(out)
     distributed.barrier()
@@ -257,7 +267,15 @@ def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.D
     if read_metadata(weights)["epoch"] != state["epoch"]:
         raise ValueError(f"{weights} and {state_path} are from different epochs and no next.* files complete "
                          "either; restore both from a backup, or start again with --overwrite")  # fmt: skip
-    model.load_state_dict(load_file(str(weights)))
+    if (ema is None) != ("ema" not in state):
+        raise ConfigError(f"{out} was trained {'without' if ema is not None else 'with'} ema; resume it with the ema it "
+                          "was started with, or start again with --overwrite")  # fmt: skip
+    if ema is None:
+        model.load_state_dict(load_file(str(weights)))
+    else:
+        model.load_state_dict(state["ema"]["trained_weights"])
+        ema.module.load_state_dict(load_file(str(weights)))
+        ema.n_averaged.fill_(state["ema"]["steps"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state["scaler"] is not None:
