@@ -63,7 +63,9 @@ def test_the_camvid_model_segments_a_real_street():
 
     data = open_dataset("camvid", "val", root=str(REAL_CAMVID))
     image, truth = data.raw(0)
-    labels = Predictor.from_pretrained("camvid-ddrnet_23_slim", backend="torch")(image)
+    predictor = Predictor.from_pretrained("camvid-ddrnet_23_slim", backend="torch")
+    assert predictor.input_scale == 2.0  # trained and validated on CamVid at twice its size (model card)
+    labels = predictor(image)
     valid = truth != 255
     assert (labels[valid] == truth[valid]).mean() > 0.7  # 0.79 shipped; random weights: ~0.1
     assert labels.max() < len(camvid.CLASSES)
