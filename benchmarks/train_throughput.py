@@ -6,7 +6,7 @@ Three ways to train the recipe's model on the recipe's data, batch and augmentat
 timed over ``--steps`` optimizer steps (after 2 warm-up steps), data loading included:
 
 * ``semseg``: the trainer's loader and :func:`semseg.engine.train.train_one_epoch`, with the
-  recipe's settings (channels_last, data.cache, workers);
+  recipe's settings (channels_last, data.cache, workers, amp);
 * ``plain NCHW``: the loop everyone writes — the same dataset through a DataLoader,
   ``loss.backward(); optimizer.step()`` — in PyTorch's default memory format;
 * ``plain channels_last``: the same loop with model and batches in channels_last.
@@ -59,9 +59,9 @@ def semseg_step(config, data, steps: int) -> float:
     optimizer, loss_fn = build_optimizer(config, model), build_loss(config, len(data.classes))
     batches = itertools.islice(_loader(data.train, config, 0), WARMUP + steps)
     warm = [next(batches) for _ in range(WARMUP)]
-    train_one_epoch(model, warm, optimizer, loss_fn, channels_last=config.channels_last, progress=False)
+    train_one_epoch(model, warm, optimizer, loss_fn, channels_last=config.channels_last, amp=config.amp, progress=False)
     start = time.perf_counter()
-    train_one_epoch(model, batches, optimizer, loss_fn, channels_last=config.channels_last, progress=False)
+    train_one_epoch(model, batches, optimizer, loss_fn, channels_last=config.channels_last, amp=config.amp, progress=False)
     return steps * config.data.batch_size / (time.perf_counter() - start)
 
 
@@ -114,7 +114,8 @@ def main() -> None:
     config = load_config(args.config, args.overrides)
     h, w = config.data.crop_size or ("full", "size")
     print(f"\n{config.model.name} {h}x{w} batch {config.data.batch_size}, {config.data.workers} workers, "
-          f"{torch.get_num_threads()} threads, cache={config.data.cache}, channels_last={config.channels_last}")
+          f"{torch.get_num_threads()} threads, cache={config.data.cache}, channels_last={config.channels_last}, "
+          f"amp={config.amp} (semseg only; the plain loops are fp32)")
     for name, rate in best.items():
         print(f"{name:<20} {rate:6.2f} images/s")
     print(f"semseg / plain NCHW          {best['semseg'] / best['plain NCHW']:.2f}x")
