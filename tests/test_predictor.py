@@ -158,6 +158,9 @@ def test_the_automatic_tiling_bound_is_on_the_pixels_the_model_sees():
     recorder.sizes.clear()
     context_predictor(recorder, tile=32, input_scale=2.0)(image)  # an explicit tile is in the image's pixels
     assert set(recorder.sizes) == {(64, 64)}
+    recorder.sizes.clear()
+    context_predictor(recorder, max_whole_pixels=4096, scales=(1.0, 2.0))(image)  # test-time scales count too
+    assert recorder.sizes and max(h * w for h, w in recorder.sizes) <= 4096
 
 
 def test_every_input_kind_gives_the_same_labels(tmp_path):

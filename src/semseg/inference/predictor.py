@@ -283,11 +283,12 @@ class Predictor:
 
     def _tile_for(self, h: int, w: int) -> int | None:
         """The window side for an ``h x w`` image, or None to run it whole. ``tile`` is in the image's
-        pixels; the automatic bound is on the pixels the model sees, so with ``input_scale`` s images
-        tile from ``max_whole_pixels / s**2`` up, in windows ``1 / s`` the side."""
+        pixels; the automatic bound is on the pixels the model sees, so with ``input_scale`` times the
+        largest test-time scale s, images tile from ``max_whole_pixels / s**2`` up, in windows ``1 / s``
+        the side."""
         if self.tile is not None:
             return self.tile if max(h, w) > self.tile else None
-        s = self.input_scale
+        s = self.input_scale * max(self.scales)
         if self.max_whole_pixels is not None and h * w * s * s > self.max_whole_pixels:
             return max(MIN_SIZE, round(min(AUTO_TILE, math.isqrt(self.max_whole_pixels)) / s))
         return None
