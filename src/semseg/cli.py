@@ -86,7 +86,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, device=dist.device, backend=args.backend,
                                               tile=args.tile, flip=args.flip, scales=args.scales,
-                                              **_input_scale(args))  # fmt: skip
+                                              input_scale=args.input_scale)  # fmt: skip
         if dist.is_main:
             print(f"backend: {predictor.backend}" + (f", {dist.world_size} processes" if dist.world_size > 1 else ""))
         summary = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay,
@@ -176,11 +176,6 @@ def _input_scale_value(text: str) -> float:
     if not 0 < value <= MAX_INFER_SCALE:
         raise argparse.ArgumentTypeError(f"must be in (0, {MAX_INFER_SCALE}], got {text!r}")
     return value
-
-
-def _input_scale(args: argparse.Namespace) -> dict[str, float]:
-    """``--input-scale`` as a Predictor option, or nothing (the checkpoint's own)."""
-    return {} if args.input_scale is None else {"input_scale": args.input_scale}
 
 
 def _scales(text: str) -> tuple[float, ...]:

@@ -45,9 +45,8 @@ def evaluate_checkpoint(
     With ``out``: writes ``metrics.json``, ``per_class.md``, ``confusion.png`` and
     ``worst/`` (image | truth | prediction of the lowest-mIoU images).
     """
-    scale = {} if input_scale is None else {"input_scale": input_scale}
     predictor = Predictor.from_checkpoint(checkpoint, device=device, backend=backend, tile=tile, flip=flip,
-                                          scales=scales, **scale)  # fmt: skip
+                                          scales=scales, input_scale=input_scale)  # fmt: skip
     # A folder has no class list of its own: it has the checkpoint's classes (whose indices its masks hold) and bands.
     folder = {"classes": predictor.classes, "bands": predictor.bands}
     data = open_dataset(dataset, split, root=root, options=folder if dataset == "folder" else None)

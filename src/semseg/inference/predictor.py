@@ -227,11 +227,13 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, *, device: str | torch.device = "cpu", backend: str = "auto", **options: Any
+        cls, path: str | Path, *, device: str | torch.device = "cpu", backend: str = "auto",
+        input_scale: float | None = None, **options: Any,
     ) -> Predictor:
         """A predictor for a ``.safetensors`` checkpoint, or an ``.onnx`` / OpenVINO ``.xml`` file written
         by ``semseg export``, on the engine ``backend`` names (``auto``: the fastest one installed for
-        the file and device, see :func:`~semseg.inference.backends.choose_backend`)."""
+        the file and device, see :func:`~semseg.inference.backends.choose_backend`). ``input_scale``:
+        None runs the model at the file's own ``infer_scale``."""
         model = load_backend(path, backend, device)
         meta = model.metadata
         channels = meta.get("model_config", {}).get("in_channels", 3)
@@ -241,7 +243,7 @@ class Predictor:
                              f"with bands={channels} and mean/std in the images' stored units)")  # fmt: skip
         return cls(model, classes=meta["classes"], palette=meta["palette"], mean=meta["mean"], std=meta["std"],
                    device=device, metadata=meta, bands=meta.get("bands"),
-                   **{"input_scale": infer_scale(meta, path), **options})  # fmt: skip
+                   input_scale=infer_scale(meta, path) if input_scale is None else input_scale, **options)  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, name: str, *, device: str | torch.device = "cpu", backend: str = "auto",

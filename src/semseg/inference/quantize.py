@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semseg.engine.checkpoint import read_metadata
+from semseg.engine.checkpoint import infer_scale, read_metadata
 from semseg.engine.evaluate import resize_input
 from semseg.inference.backends import OnnxRuntimeModel, OpenVinoModel
 from semseg.inference.export import export, openvino_path
@@ -33,7 +33,7 @@ def calibration_batches(images: Sequence[str | Path], meta: dict) -> list[np.nda
     mean, std = torch.tensor(meta["mean"]).view(1, -1, 1, 1), torch.tensor(meta["std"]).view(1, -1, 1, 1)
     pixel_scale = 255.0 if bands is None else 1.0
     fill = meta["mean"] if bands is not None else None
-    size = meta.get("infer_scale", 1.0)  # checked by read_metadata
+    size = infer_scale(meta, "the calibration metadata")
     return [resize_input(model_input(read_pixels(path, bands, fill=fill), mean, std, pixel_scale), size, MIN_SIZE).numpy()
             for path in images]  # fmt: skip
 
