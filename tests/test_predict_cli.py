@@ -104,23 +104,65 @@ def test_onnxruntime_predictor_gives_the_same_masks(checkpoint, images, tmp_path
 @pytest.mark.parametrize(("extra", "engine"), [
     ([], None), (["--backend", "torch"], "torch"), (["--channels-last", "--bf16"], "torch-channels-last, bf16"),
     (["--backend", "onnxruntime"], "onnxruntime"), (["--backend", "openvino"], "openvino"),
+    (["--backend", "openvino-int8"], "openvino-int8"),
 ])  # fmt: skip
 def test_benchmark_prints_latency_and_share_of_peak(capsys, extra, engine):
     from semseg.inference.backends import choose_backend
 
-    for runtime in ("onnxruntime", "openvino"):
-        if runtime in extra:
+    for runtime in ("onnxruntime", "openvino", "nncf"):
+        if any(runtime in arg for arg in extra) or (runtime == "nncf" and "openvino-int8" in extra):
             pytest.importorskip(runtime)
     assert main(["benchmark", "--model", "lraspp", "--size", "64x64", "--repeats", "2", *extra]) == 0
     out = capsys.readouterr().out
     assert f"batch 1 ({engine or choose_backend(None)}): 3.22M params" in out  # auto: the engine it chose
-    assert "latency median" in out and "% of the measured peak" in out
+    assert "latency median" in out and "% of the measured peak" in out and "first call (export, compile)" in out
+
+
+def test_benchmark_int8_runs_an_nncf_quantized_model(monkeypatch):
+    """openvino-int8 times the model NNCF quantized (the one `semseg export --int8` writes), not the fp32 IR."""
+    pytest.importorskip("nncf")
+    from semseg.inference import benchmark as bench
+    from semseg.inference import quantize
+
+    quantized, real = [], quantize.quantize_openvino
+
+    def recording(model, batches):
+        quantized.append((model, [b.shape for b in batches]))
+        return real(model, batches)
+
+    monkeypatch.setattr(quantize, "quantize_openvino", recording)
+    row = bench.benchmark("lraspp", size=(64, 96), backend="openvino-int8", repeats=1, warmup=0)
+    assert row["backend"] == "openvino-int8" and row["latency_ms_median"] > 0
+    assert len(quantized) == 1 and str(quantized[0][0]).endswith(".onnx")
+    assert quantized[0][1] == [(1, 3, 64, 96)] * bench.INT8_CALIBRATION_BATCHES
+
+
+def test_benchmark_torch_compile_times_the_compiled_model(monkeypatch):
+    """torch-compile runs what torch.compile returned (compiling for real takes minutes: recorded here)."""
+    import torch
+
+    from semseg.inference.benchmark import benchmark
+
+    compiled = []
+
+    def fake_compile(model):
+        def run(x):
+            compiled.append(x.shape)
+            return model(x)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    row = benchmark("lraspp", size=(64, 64), backend="torch-compile", repeats=2, warmup=1)
+    assert row["backend"] == "torch-compile" and len(compiled) == 1 + 1 + 2  # first call, warm-up, timed
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, .*torch-compile, openvino-int8"):
+        benchmark("lraspp", size=(64, 64), backend="tensorrt")
 
 
 def test_benchmark_rejects_torch_only_flags_on_onnxruntime(capsys):
     pytest.importorskip("onnxruntime")
     assert main(["benchmark", "--model", "lraspp", "--size", "64x64", "--backend", "onnxruntime", "--bf16"]) == 1
-    assert "apply to the torch backend only" in capsys.readouterr().err
+    assert "apply to the torch backends only" in capsys.readouterr().err
 
 
 def _write_video(path, fourcc, frames=6, size=(64, 48)):

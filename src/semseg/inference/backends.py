@@ -35,6 +35,11 @@ from semseg.pretrained import resolve_checkpoint
 
 ENGINES = ("torch", "torch-channels-last", "onnxruntime", "openvino")
 BACKENDS = ("auto", *ENGINES)
+# `semseg benchmark` also measures torch.compile (one compile per input shape, minutes for the large
+# models, so no Predictor default) and OpenVINO int8 (a model of its own, written by `semseg export
+# --format openvino --int8 IMAGES`; benchmarked calibrated on random inputs: the same kernels, so the
+# same speed, not the same accuracy).
+BENCHMARK_ENGINES = (*BACKENDS, "torch-compile", "openvino-int8")
 # What `semseg export` stores in a model file besides the weights, and the part a predictor needs.
 META_KEYS = ("classes", "palette", "mean", "std", "bands", "infer_scale", "model_config")
 REQUIRED_META = ("classes", "palette", "mean", "std")

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
-from semseg.inference.backends import choose_backend, compile_openvino, onnxruntime_session
+from semseg.inference.backends import BACKENDS, BENCHMARK_ENGINES, choose_backend, compile_openvino, onnxruntime_session
 from semseg.profile import model_cost
 from semseg.registry import create_model
+
+INT8_CALIBRATION_BATCHES = 4  # random inputs: int8 speed does not depend on the ranges fitted
 
 
 def measure_peak_gflops(dtype: torch.dtype = torch.float32, seconds: float = 2.0) -> float:
@@ -65,18 +67,25 @@ def benchmark(
     """Params, GFLOPs, latency (median, p90), images/s, achieved GFLOP/s and its share of the peak.
 
     ``warmup`` untimed batches come first: the first calls allocate buffers and pick kernels.
-    ``backend`` is any of :data:`~semseg.inference.backends.BACKENDS`; ``auto`` resolves as for a
-    checkpoint on the CPU, and the engine that ran is in the result.
+    ``backend`` is any of :data:`~semseg.inference.backends.BENCHMARK_ENGINES`; ``auto`` resolves as
+    for a checkpoint on the CPU, and the engine that ran is in the result. ``compile_s``: the first
+    call's seconds (export, compilation, quantization and the first run), untimed like the warm-up.
     """
+    if backend not in BENCHMARK_ENGINES:
+        raise ValueError(f"backend must be one of {', '.join(BENCHMARK_ENGINES)}, not {backend!r}")
     if channels_last and backend in ("auto", "torch"):
         backend = "torch-channels-last"
     elif bf16 and backend == "auto":  # a torch-only option: auto means torch then
         backend = "torch"
-    backend = choose_backend(None, backend, "cpu")
+    if backend in BACKENDS:
+        backend = choose_backend(None, backend, "cpu")
     cost = model_cost(name, num_classes=num_classes, size=size)
     model = create_model(name, num_classes=num_classes).eval()
     x = torch.randn(batch, 3, *size)
+    start = time.perf_counter()
     run = _runner(model, x, backend=backend, channels_last=channels_last, bf16=bf16)
+    run()
+    compile_s = time.perf_counter() - start
     for _ in range(warmup):
         run()
     latencies = []
@@ -92,17 +101,19 @@ def benchmark(
         "model": name, "size": f"{size[0]}x{size[1]}", "batch": batch, "backend": backend,
         "params_M": cost["params"] / 1e6, "gflops": cost["gflops"], "latency_ms_median": median * 1e3,
         "latency_ms_p90": p90 * 1e3, "images_per_s": batch / median, "achieved_gflops_per_s": achieved,
-        "peak_gflops_per_s": peak, "share_of_peak": achieved / peak,
+        "peak_gflops_per_s": peak, "share_of_peak": achieved / peak, "compile_s": compile_s,
     }  # fmt: skip
 
 
 def _runner(model, x: torch.Tensor, *, backend: str, channels_last: bool, bf16: bool) -> Callable[[], object]:
     if not backend.startswith("torch"):
         if channels_last or bf16:
-            raise ValueError("--channels-last and --bf16 apply to the torch backend only")
+            raise ValueError("--channels-last and --bf16 apply to the torch backends only")
         return _exported_runner(model, x, backend)
-    if backend == "torch-channels-last":
+    if backend == "torch-channels-last" or channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    if backend == "torch-compile":
+        model = torch.compile(model)
 
     def run() -> object:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -113,15 +124,22 @@ def _runner(model, x: torch.Tensor, *, backend: str, channels_last: bool, bf16: 
 
 def _exported_runner(model, x: torch.Tensor, backend: str) -> Callable[[], object]:
     """``model`` exported to ONNX at ``x``'s shape and run by ONNX Runtime or OpenVINO, each configured
-    as the Predictor configures it (threads, no spinning, fp32)."""
+    as the Predictor configures it (threads, no spinning, fp32; int8 as `semseg export` quantizes)."""
     import warnings
+
+    from semseg.inference.quantize import quantize_openvino
 
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["image"])
-        if backend == "openvino":
-            compiled, array = compile_openvino(str(path)), x.numpy()
+        if backend.startswith("openvino"):
+            model = str(path)
+            if backend == "openvino-int8":
+                generator = torch.Generator().manual_seed(0)
+                calibration = [torch.randn(x.shape, generator=generator).numpy() for _ in range(INT8_CALIBRATION_BATCHES)]
+                model = quantize_openvino(model, calibration)
+            compiled, array = compile_openvino(model), x.numpy()
             return lambda: compiled(array)
         session = onnxruntime_session(path)
     feed = {"image": x.numpy()}
