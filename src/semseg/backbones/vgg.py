@@ -12,7 +12,7 @@ Two models need more than the pooled maps:
 
 * FCN turns the classifier's fc6/fc7 into convolutions: :func:`vgg_fc_as_conv`
   reshapes them from a torchvision or timm state dict.
-* SegNet pools with ``return_indices=True`` to unpool later, so it runs each stage's
+* SegNet pools remembering where the maxima were, to unpool later, so it runs each stage's
   convs with :meth:`VGG.forward_stage` and pools itself; :meth:`VGG.stage_bounds`
   gives the index ranges if it needs the modules.
 """

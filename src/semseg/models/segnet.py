@@ -3,7 +3,8 @@
 Badrinarayanan, Kendall and Cipolla, TPAMI 2017 — https://arxiv.org/abs/1511.00561
 
 The encoder is VGG16-BN's 13 convolutions; each 2x2 max-pool remembers *where* its
-maxima were (``return_indices=True``). The decoder mirrors the encoder: it unpools
+maxima were (the "pooling indices", kept as which cell of each window won:
+:func:`semseg.layers.max_pool_switches`). The decoder mirrors the encoder: it unpools
 with those indices — placing each value back at its argmax and zeros elsewhere, so
 boundaries stay sharp without storing whole encoder maps as U-Net does — and densifies
 the sparse maps with conv-BN-ReLU stacks. Unpooling to the recorded pre-pool size makes
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from semseg.backbones import VGG, load_backbone_weights, vgg16_bn
-from semseg.layers import ConvBNAct, max_unpool
+from semseg.layers import ConvBNAct, max_pool_switches, max_unpool
 from semseg.models.base import SegmentationModel
 from semseg.registry import register_model
 
@@ -38,7 +39,6 @@ class SegNet(SegmentationModel):
     def __init__(self, backbone: VGG, num_classes: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
         # Encoder stage widths and conv counts, read off the backbone: (64, 2), (128, 2), (256, 3), ...
         stages = [
             (info.channels, sum(isinstance(m, nn.Conv2d) for m in backbone.features[start:pool]))
@@ -60,7 +60,7 @@ class SegNet(SegmentationModel):
         for stage in range(len(self.decoder)):
             x = self.backbone.forward_stage(x, stage)
             sizes.append(x.shape[-2:])
-            x, index = self.pool(x)
+            x, index = max_pool_switches(x)
             indices.append(index)
         for block, size, index in zip(self.decoder, reversed(sizes), reversed(indices)):
             x = block(max_unpool(x, index, size))
@@ -76,7 +76,6 @@ class SegNetBasic(SegmentationModel):
             ConvBNAct(in_channels if i == 0 else channels, channels, 7) for i in range(depth)
         )
         self.decoder = nn.ModuleList(ConvBNAct(channels, channels, 7, act=None) for _ in range(depth))
-        self.pool = nn.MaxPool2d(2, stride=2, return_indices=True)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -84,7 +83,7 @@ class SegNetBasic(SegmentationModel):
         for conv in self.encoder:
             x = conv(x)
             sizes.append(x.shape[-2:])
-            x, index = self.pool(x)
+            x, index = max_pool_switches(x)
             indices.append(index)
         for conv, size, index in zip(self.decoder, reversed(sizes), reversed(indices)):
             x = conv(max_unpool(x, index, size))
