@@ -16,7 +16,9 @@ row, and per size and batch the median ms of each engine side by side.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 from semseg.inference.backends import BENCHMARK_ENGINES
@@ -25,6 +27,7 @@ from semseg.profile import model_cost
 from semseg.registry import list_models
 
 ENGINES = tuple(e for e in BENCHMARK_ENGINES if e != "auto")
+NEEDS = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "openvino-int8": ("openvino", "nncf")}
 
 
 def key(row: dict) -> tuple:
@@ -45,7 +48,7 @@ def table(rows: list[dict]) -> str:
 def side_by_side(rows: list[dict], models: list[str], engines: tuple[str, ...]) -> str:
     """Markdown: per size and batch, one line per model with each engine's median ms and the fastest."""
     lines = []
-    for size, batch in sorted({(r["size"], r["batch"]) for r in rows}):
+    for size, batch in sorted({(r["size"], r["batch"]) for r in rows}, key=lambda k: (_size(k[0]), k[1])):
         lines += [f"\n{size}, batch {batch}: median ms per batch\n",
                   f"| model | GFLOPs/img | {' | '.join(engines)} | fastest |", "|---|---:|" + "---:|" * (len(engines) + 1)]  # fmt: skip
         for model in models:
@@ -54,9 +57,8 @@ def side_by_side(rows: list[dict], models: list[str], engines: tuple[str, ...]) 
                 continue
             cells = [f"{got[e]['latency_ms_median']:.0f}" if e in got else "-" for e in engines]
             fastest = min(got.values(), key=lambda r: r["latency_ms_median"])
-            base = got.get("torch", fastest)["latency_ms_median"]
-            lines.append(f"| {model} | {fastest['gflops']:.1f} | {' | '.join(cells)} | {fastest['backend']} "
-                         f"({base / fastest['latency_ms_median']:.1f}x torch) |")  # fmt: skip
+            speedup = f" ({got['torch']['latency_ms_median'] / fastest['latency_ms_median']:.1f}x torch)" if "torch" in got else ""
+            lines.append(f"| {model} | {fastest['gflops']:.1f} | {' | '.join(cells)} | {fastest['backend']}{speedup} |")
     return "\n".join(lines)
 
 
@@ -75,6 +77,10 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     args = parser.parse_args()
+    missing = {e: m for e in args.engines for m in NEEDS.get(e, ()) if importlib.util.find_spec(m) is None}
+    for engine, module in missing.items():
+        print(f"skipping {engine}: {module} is not installed (pip install \"semseg[dev]\")", file=sys.stderr)
+    args.engines = [e for e in args.engines if e not in missing]
     models = args.models or sorted(list_models(), key=lambda m: model_cost(m, num_classes=21, size=(512, 512))["gflops"])
     done = {}
     if args.out.exists():

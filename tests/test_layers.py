@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,10 @@ def test_max_pool_and_unpool_equal_torch_for_any_size(size, values, pool):
 
 
 def test_exports_record_switches_not_a_pool_with_indices():
-    """OpenVINO runs ONNX MaxPool's indices output in a slow reference kernel: the export must not have one."""
+    """OpenVINO runs ONNX MaxPool's indices output in a slow reference kernel: the export has no pool
+    with indices and no scatter, and at a new odd size it still equals torch's pool and unpool."""
     onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
     import io
 
     class PoolUnpool(nn.Module):
@@ -42,7 +45,17 @@ def test_exports_record_switches_not_a_pool_with_indices():
             return max_unpool(pooled, where, x.shape[-2:])
 
     buffer = io.BytesIO()
-    torch.onnx.export(PoolUnpool(), (torch.randn(1, 2, 9, 13),), buffer, dynamo=False, opset_version=17)
-    nodes = onnx.load_from_string(buffer.getvalue()).graph.node
-    assert all(len(n.output) == 1 for n in nodes if n.op_type == "MaxPool")
-    assert not any(n.op_type in ("ScatterElements", "MaxUnpool") for n in nodes)
+    torch.onnx.export(PoolUnpool(), (torch.randn(1, 2, 8, 8),), buffer, dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})  # fmt: skip
+    nodes = {n.op_type: n for n in onnx.load_from_string(buffer.getvalue()).graph.node}
+    assert "ArgMax" in nodes and not {"MaxPool", "ScatterElements", "MaxUnpool"} & set(nodes)
+    x = torch.randint(0, 3, (2, 2, 9, 13), generator=torch.Generator().manual_seed(0)).float()  # ties
+    (exported,) = ort.InferenceSession(buffer.getvalue()).run(None, {"x": x.numpy()})
+    pooled, index = F.max_pool2d(x, 2, stride=2, return_indices=True)
+    assert np.array_equal(exported, nn.MaxUnpool2d(2, stride=2)(pooled, index, output_size=x.shape[-2:]).numpy())
+
+
+def test_max_unpool_refuses_other_index_types():
+    x = torch.randn(1, 1, 2, 2)
+    with pytest.raises(TypeError, match="int64 flat indices or uint8 switches"):
+        max_unpool(x, torch.zeros(1, 1, 2, 2, dtype=torch.int32), (4, 4))

@@ -157,6 +157,8 @@ def test_benchmark_torch_compile_times_the_compiled_model(monkeypatch):
     assert row["backend"] == "torch-compile" and len(compiled) == 1 + 1 + 2  # first call, warm-up, timed
     with pytest.raises(ValueError, match="backend must be one of auto, torch, .*torch-compile, openvino-int8"):
         benchmark("lraspp", size=(64, 64), backend="tensorrt")
+    with pytest.raises(ValueError, match="--channels-last does not apply to torch-compile"):
+        benchmark("lraspp", size=(64, 64), backend="torch-compile", channels_last=True)
 
 
 def test_benchmark_rejects_torch_only_flags_on_onnxruntime(capsys):

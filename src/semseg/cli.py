@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "and openvino-int8 (calibrated on random inputs: its speed, not its accuracy)")
     bm.add_argument("--channels-last", action="store_true")
     bm.add_argument("--bf16", action="store_true", help="bfloat16 autocast (torch backend)")
-    bm.add_argument("--repeats", type=_positive_int, default=10, help="timed batches after 2 warm-up ones")
+    bm.add_argument("--repeats", type=_positive_int, default=10,
+                    help="timed batches after the first call and 2 warm-up ones")
     bm.set_defaults(func=_cmd_benchmark)
 
     data = sub.add_parser("data", help="dataset tools")

@@ -87,10 +87,10 @@ def max_pool_switches(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     In PyTorch, ``max_pool2d(return_indices=True)``'s flat int64 indices. When traced or
     exported to ONNX, "switches" instead: which of the window's four cells won (uint8, 0-3 in
-    row-major order, the first on ties, as torch picks), from a plain pool and a max over the
-    window's cells: OpenVINO runs a pool with indices in its reference kernel (SegNet-Basic at
-    360x480: 2.2 s, 1.9 of it in the pools, against 0.35 s with switches), while in eager
-    PyTorch the switches cost 6-15% more than torch's own kernels.
+    row-major order, the first on ties, as torch picks), from a max and an argmax over each
+    window's four cells (no pool operator): OpenVINO runs ONNX's pool with indices in its
+    reference kernel (SegNet-Basic at 360x480: 2.2 s, 1.9 of it in the pools, against 0.35 s
+    with switches), while in eager PyTorch the switches cost 6-15% more than torch's kernels.
     """
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return max_pool_cells(x)
@@ -117,7 +117,9 @@ def max_unpool(x: torch.Tensor, where: torch.Tensor, size: torch.Size | tuple[in
     if where.dtype == torch.int64:  # flat indices
         out = x.new_zeros(n, c, size[0], size[1]).flatten(2)
         return out.scatter(2, where.flatten(2), x.flatten(2)).view(n, c, size[0], size[1])
-    cell = torch.arange(4, dtype=torch.uint8, device=x.device).view(4, 1, 1)
-    cells = torch.where(cell == where.unsqueeze(2), x.unsqueeze(2), x.new_zeros(()))
+    if where.dtype != torch.uint8:
+        raise TypeError(f"max_unpool takes int64 flat indices or uint8 switches from max_pool_switches, not {where.dtype}")
+    # Scalar comparisons and fill: nothing device-bound for a trace to bake in.
+    cells = torch.stack([torch.where(where == k, x, 0.0) for k in range(4)], dim=2)  # n, c, 4, h2, w2
     out = F.pixel_shuffle(cells.view(n, c * 4, h2, w2), 2)
     return F.pad(out, [0, size[-1] - 2 * w2, 0, size[-2] - 2 * h2])

@@ -66,10 +66,10 @@ def benchmark(
 ) -> dict[str, float | str]:
     """Params, GFLOPs, latency (median, p90), images/s, achieved GFLOP/s and its share of the peak.
 
-    ``warmup`` untimed batches come first: the first calls allocate buffers and pick kernels.
+    The first call (export, compilation, quantization, buffer allocation) and then ``warmup`` more
+    batches are untimed; ``compile_s`` is the first call's seconds.
     ``backend`` is any of :data:`~semseg.inference.backends.BENCHMARK_ENGINES`; ``auto`` resolves as
-    for a checkpoint on the CPU, and the engine that ran is in the result. ``compile_s``: the first
-    call's seconds (export, compilation, quantization and the first run), untimed like the warm-up.
+    for a checkpoint on the CPU, and the engine that ran is in the result.
     """
     if backend not in BENCHMARK_ENGINES:
         raise ValueError(f"backend must be one of {', '.join(BENCHMARK_ENGINES)}, not {backend!r}")
@@ -110,7 +110,9 @@ def _runner(model, x: torch.Tensor, *, backend: str, channels_last: bool, bf16: 
         if channels_last or bf16:
             raise ValueError("--channels-last and --bf16 apply to the torch backends only")
         return _exported_runner(model, x, backend)
-    if backend == "torch-channels-last" or channels_last:
+    if backend == "torch-compile" and channels_last:
+        raise ValueError("--channels-last does not apply to torch-compile, which compiles the NCHW model")
+    if backend == "torch-channels-last":
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     if backend == "torch-compile":
         model = torch.compile(model)
