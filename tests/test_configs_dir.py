@@ -16,6 +16,11 @@ def test_there_are_recipes_for_every_seed_family_on_camvid():
     assert {"fcn8s", "segnet", "unet", "pspnet", "deeplabv3", "deeplabv3plus", "lraspp"} <= models
 
 
+def test_there_are_camvid_recipes_for_the_newer_families():
+    models = {load_config(p).model.name for p in CONFIGS if p.name.endswith("_camvid.yaml")}
+    assert {"segformer", "bisenetv2", "ddrnet_23_slim", "ddrnet_23"} <= models
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_recipe_loads_and_its_model_builds(path):
     config = load_config(path)
