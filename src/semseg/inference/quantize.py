@@ -118,25 +118,26 @@ def quantize_openvino(model: Any, batches: Sequence[np.ndarray]) -> Any:
     nncf, ov = _nncf_openvino()
     if isinstance(model, (str, Path)):
         model = ov.Core().read_model(str(model))
-    skip = shape_matmuls(model)
-    ignored = {"ignored_scope": nncf.IgnoredScope(names=skip)} if skip else {}
-    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches), **ignored)
+    _unique_names(model)  # NNCF's ignored scope goes by name
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                              ignored_scope=nncf.IgnoredScope(names=shape_matmuls(model)))  # fmt: skip
     quantized.set_rt_info(json.dumps("int8"), ["semseg", "quantized"])
     return quantized
 
 
 def shape_matmuls(model: Any) -> list[str]:
-    """Names of the MatMuls in an ``openvino.Model`` whose one operand is built from tensor shapes
-    alone, not from pixel values: PSPNet's adaptive pooling (:class:`semseg.models.pspnet.AdaptiveAvgPool`).
+    """Names of the MatMuls in an ``openvino.Model`` with an operand built from tensor shapes alone,
+    not from pixel values: PSPNet's adaptive pooling (:class:`semseg.models.pspnet.AdaptiveAvgPool`).
 
     NNCF quantizes their data operand, but OpenVINO's CPU plugin runs a MatMul with one float
     operand in fp32, so it turns that operand back to fp32 where it is produced, and with it the
     concatenation PSPNet's pyramid feeds its 3x3 head convolution, which then ran in fp32: 56% of
-    the int8 model's time. Left in fp32, these products cost ~0.5% and the head runs in int8.
+    the int8 model's layer time. Left in fp32, these products took 3 of 624 ms and the head runs
+    in int8 (PSPNet-ResNet-50 at 360x480, docs/benchmarks.md).
     """
     values: dict[str, bool] = {}  # the node's output depends on pixel values
     shapes: dict[str, bool] = {}  # ... on a tensor's shape (weights depend on neither)
-    names = []
+    names: list[str] = []
     for op in model.get_ordered_ops():  # topological order: operands come first
         kind, inputs = op.get_type_name(), [i.get_source_output().get_node().get_name() for i in op.inputs()]
         values[op.get_name()] = kind == "Parameter" or (kind != "ShapeOf" and any(values[i] for i in inputs))
@@ -144,6 +145,17 @@ def shape_matmuls(model: Any) -> list[str]:
         if kind == "MatMul" and any(shapes[i] and not values[i] for i in inputs):
             names.append(op.get_friendly_name())
     return names
+
+
+def _unique_names(model: Any) -> None:
+    """Give each op of an ``openvino.Model`` its own friendly name (a repeat gets ``_`` appended)."""
+    seen: set[str] = set()
+    for op in model.get_ops():
+        name = op.get_friendly_name()
+        while name in seen:
+            name += "_"
+        op.set_friendly_name(name)
+        seen.add(name)
 
 
 def _nncf_openvino() -> tuple[Any, Any]:
