@@ -125,6 +125,14 @@ def test_cli_int8_export_and_its_errors(checkpoint, images, tmp_path, capsys):
     assert "no calibration images" in capsys.readouterr().err
 
 
+def _averaging_matrix(x):
+    """A 6x6 matrix built from ``x``'s width (its shape, not its values), as PSPNet's pooling is."""
+    from openvino import opset13 as ops
+
+    width = ops.convert(ops.gather(ops.shape_of(x), ops.constant([3]), ops.constant(0)), np.float32)
+    return ops.divide(ops.constant(np.ones((6, 6), np.float32)), width)
+
+
 def test_shape_matmuls_are_products_with_a_matrix_built_from_shapes():
     ov = pytest.importorskip("openvino")
     from openvino import opset13 as ops
@@ -133,9 +141,7 @@ def test_shape_matmuls_are_products_with_a_matrix_built_from_shapes():
 
     x = ops.parameter([1, 4, 6, 6], np.float32, name="x")
     weights = ops.matmul(x, ops.constant(np.ones((6, 6), np.float32)), False, False, name="weights")
-    width = ops.convert(ops.gather(ops.shape_of(x), ops.constant([3]), ops.constant(0)), np.float32)
-    pooling = ops.matmul(x, ops.divide(ops.constant(np.ones((6, 6), np.float32)), width), False, False,
-                         name="pooling")  # fmt: skip
+    pooling = ops.matmul(x, _averaging_matrix(x), False, False, name="pooling")
     values = ops.matmul(x, x, False, True, name="values")
     reshaped = ops.matmul(x, ops.reshape(x, ops.shape_of(x), False), False, True, name="reshaped")  # values too
     model = ov.Model([ops.add(ops.add(ops.add(weights, pooling), values), reshaped)], [x])
@@ -168,15 +174,14 @@ def test_openvino_int8_runs_pspnet_head_in_int8(tmp_path):
 
 def test_quantize_openvino_skips_the_shape_product_even_when_names_repeat():
     # NNCF's ignored scope goes by name; a repeated name must not make it skip another product.
-    nncf = pytest.importorskip("nncf")
+    pytest.importorskip("nncf")
     ov = pytest.importorskip("openvino")
     from openvino import opset13 as ops
 
     from semseg.inference.quantize import quantize_openvino
 
     x = ops.parameter([1, 4, 6, 6], np.float32, name="x")
-    width = ops.convert(ops.gather(ops.shape_of(x), ops.constant([3]), ops.constant(0)), np.float32)
-    pooling = ops.matmul(x, ops.divide(ops.constant(np.ones((6, 6), np.float32)), width), False, False, name="same")
+    pooling = ops.matmul(x, _averaging_matrix(x), False, False, name="same")
     weights = ops.matmul(pooling, ops.constant(np.random.default_rng(0).standard_normal((6, 6)).astype(np.float32)),
                          False, False, name="same")  # fmt: skip
     batches = [np.random.default_rng(i).standard_normal((1, 4, 6, 6)).astype(np.float32) for i in range(2)]
@@ -185,6 +190,6 @@ def test_quantize_openvino_skips_the_shape_product_even_when_names_repeat():
     for op in quantized.get_ordered_ops():
         if op.get_type_name() == "MatMul":
             fed[op.get_friendly_name()] = [i.get_source_output().get_node().get_type_name() for i in op.inputs()]
-    assert nncf and len(fed) == 2
+    assert len(fed) == 2
     pooling_product, weights_product = fed.values()
     assert "FakeQuantize" in weights_product and "FakeQuantize" not in pooling_product
