@@ -11,6 +11,9 @@ timed over ``--steps`` optimizer steps (after 2 warm-up steps), data loading inc
   ``loss.backward(); optimizer.step()`` — in PyTorch's default memory format;
 * ``plain channels_last``: the same loop with model and batches in channels_last.
 
+A distillation recipe's teacher runs in ``--only semseg`` (the recipe's real step); the
+ratios are taken without it (``distill.teacher=null``), as the plain loops have none.
+
 Each measurement runs in a fresh process, as ``semseg train`` does, so that process-wide
 settings count where they belong: the semseg process tunes glibc's allocator as the
 ``train`` command does (:mod:`semseg.allocator`); the plain loops get Python's defaults.
@@ -33,6 +36,7 @@ from semseg.allocator import keep_freed_memory
 from semseg.config import load_config
 from semseg.engine.datasets import build_datasets
 from semseg.engine.train import TrainForward, train_one_epoch, training_loss
+from semseg.engine.distill import build_distiller
 from semseg.engine.trainer import build_loss, build_optimizer
 from semseg.registry import create_model
 
@@ -51,17 +55,25 @@ def _model(config, num_classes: int):
     return create_model(config.model.name, num_classes=num_classes, **config.model.options)
 
 
+def memory_format(config) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
 def semseg_step(config, data, steps: int) -> float:
     """images/s of the trainer's own loop, settings as the recipe says."""
     model = _model(config, len(data.classes))
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=memory_format(config))
     optimizer, loss_fn = build_optimizer(config, model), build_loss(config, len(data.classes))
+    distill = None  # a recipe's distill.teacher runs in the step as in training
+    if config.distill.teacher is not None:
+        distill = build_distiller(config.distill, classes=data.classes, mean=data.mean, std=data.std,
+                                  ignore_index=data.ignore_index).to(memory_format=memory_format(config))  # fmt: skip
     batches = itertools.islice(_loader(data.train, config, 0), WARMUP + steps)
     warm = [next(batches) for _ in range(WARMUP)]
-    train_one_epoch(model, warm, optimizer, loss_fn, channels_last=config.channels_last, amp=config.amp, progress=False)
+    common = {"channels_last": config.channels_last, "amp": config.amp, "progress": False, "distill": distill}
+    train_one_epoch(model, warm, optimizer, loss_fn, **common)
     start = time.perf_counter()
-    train_one_epoch(model, batches, optimizer, loss_fn, channels_last=config.channels_last, amp=config.amp, progress=False)
+    train_one_epoch(model, batches, optimizer, loss_fn, **common)
     return steps * config.data.batch_size / (time.perf_counter() - start)
 
 
@@ -99,8 +111,11 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. data.cache=true (no leading --)")
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps per measurement")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--only", choices=WAYS, help=argparse.SUPPRESS)  # one measurement (the child process)
+    parser.add_argument("--only", choices=WAYS, help="one measurement in this process, printing its images/s")
     args = parser.parse_args()
+    if args.only is None and load_config(args.config, args.overrides).distill.teacher is not None:
+        parser.error("the plain loops have no teacher, so the ratios need distill.teacher=null; "
+                     "--only semseg times the recipe's own step, teacher included")  # fmt: skip
     if args.only:
         print(measure(args.config, args.overrides, args.only, args.steps))
         return

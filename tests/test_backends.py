@@ -15,9 +15,9 @@ from PIL import Image
 
 import semseg
 from semseg.cli import main
-from semseg.engine.checkpoint import save_weights
+from semseg.engine.checkpoint import save_weights, sha256
 from semseg.inference import backends
-from semseg.inference.backends import cache_dir, choose_backend, sha256
+from semseg.inference.backends import cache_dir, choose_backend
 from semseg.inference.predictor import Predictor
 
 CLASSES = ["background", "thing", "other"]

@@ -7,6 +7,7 @@ import torch
 from semseg.losses import (
     CrossEntropyLoss,
     DiceLoss,
+    DistillationLoss,
     FocalLoss,
     LovaszSoftmaxLoss,
     OhemCrossEntropyLoss,
@@ -125,3 +126,26 @@ def test_bad_inputs_are_named():
         DiceLoss(weight=[1.0, 2.0])(LOGITS, TARGET)
     with pytest.raises(ValueError, match="label_smoothing"):
         CrossEntropyLoss(label_smoothing=1.0)
+
+
+def test_distillation_is_the_temperature_softened_kl_times_its_square_over_labelled_pixels():
+    teacher = torch.tensor([[[[0.0, 3.0, -1.0, 7.0]], [[1.0, 0.0, 2.0, 0.0]], [[2.0, -2.0, 0.5, 1.0]]]])
+    t = 2.0
+
+    def softmax(x):
+        e = np.exp(x - x.max(0))
+        return e / e.sum(0)
+
+    ps, pt = softmax(LOGITS[0, :, 0].numpy() / t), softmax(teacher[0, :, 0].numpy() / t)
+    kl = (pt * (np.log(pt) - np.log(ps))).sum(0)[:3]  # the 4th pixel is ignored
+    loss = DistillationLoss(temperature=t)
+    assert loss(LOGITS, teacher, TARGET).item() == pytest.approx(kl.mean() * t * t, rel=1e-5)
+    assert loss(teacher, teacher, TARGET).item() == pytest.approx(0.0, abs=1e-7)
+    assert loss(LOGITS, teacher, torch.full_like(TARGET, 255)).item() == 0.0
+    student = LOGITS.clone().requires_grad_(True)
+    loss(student.bfloat16(), teacher.bfloat16(), TARGET).backward()  # computed in float32 under any autocast
+    assert torch.all(student.grad[..., 3] == 0) and student.grad[..., :3].abs().sum() > 0
+    with pytest.raises(ValueError, match="student and teacher logits"):
+        loss(LOGITS, teacher[:, :2], TARGET)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        DistillationLoss(temperature=0)

@@ -366,3 +366,102 @@ def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, recipe, custom_
 
     with pytest.raises(ValueError, match="evaluate on the dataset it was trained for"):
         evaluate_checkpoint(out / "last.safetensors", str(tmp_path / "two.yaml"), progress=False)
+
+
+@pytest.fixture
+def teacher(recipe, tmp_path):
+    """A shapes model whose classifier is biased to say class 1 ("square" or whatever it is) nearly
+    everywhere: a teacher whose advice differs visibly from the labels."""
+    from semseg.engine.checkpoint import save_weights
+
+    out = tmp_path / "teacher"
+    fit(load_config(recipe, [f"out={out}", "epochs=1"]), progress=False)
+    model, meta = load_model(out / "last.safetensors")
+    with torch.no_grad():
+        model.classifier.bias.copy_(8.0 * (torch.arange(len(meta["classes"])) == 1))
+    path = tmp_path / "teacher.safetensors"
+    save_weights(model, path, **{k: v for k, v in meta.items() if k != "model_config"})
+    return path
+
+
+def _share_of_class_1(path, config) -> float:
+    """The fraction of val pixels the model at ``path`` labels as class 1."""
+    from semseg.engine.datasets import build_datasets
+
+    data = build_datasets(config)
+    images = torch.stack([data.val[i][0] for i in range(len(data.val))])
+    model, _ = load_model(path)
+    with torch.no_grad():
+        return float((model.eval()(images).argmax(1) == 1).float().mean())
+
+
+def test_distillation_teaches_resumes_exactly_and_refuses_another_teacher(recipe, tmp_path, teacher, capsys):
+    from semseg.engine.checkpoint import sha256
+
+    plain, straight, split = tmp_path / "plain", tmp_path / "straight", tmp_path / "split"
+    fit(load_config(recipe, [f"out={plain}"]), progress=False)
+    distill = [f"distill.teacher={teacher}", "distill.weight=5", "distill.temperature=2"]
+    config = load_config(recipe, [f"out={straight}", *distill])
+    fit(config, progress=False)
+    assert f"distill: teacher {teacher} (sha256 {sha256(teacher)[:12]}), weight 5.0, temperature 2.0" in capsys.readouterr().out
+    assert _share_of_class_1(teacher, config) > 0.99
+    assert _share_of_class_1(straight / "last.safetensors", config) > 0.5 > _share_of_class_1(plain / "last.safetensors", config) + 0.2
+    state = torch.load(straight / "last.state.pt", weights_only=True)
+    assert state["distill_teacher_sha256"] == sha256(teacher)
+    assert read_metadata(straight / "last.safetensors")["config"]["distill"]["teacher"] == str(teacher)
+
+    split_config = load_config(recipe, [f"out={split}", *distill])
+    fit(split_config, stop_after=2, progress=False)
+    fit(split_config, resume=True, progress=False)
+    a, b = weights(straight), weights(split)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+    other = tmp_path / "other.safetensors"
+    model, meta = load_model(teacher)
+    with torch.no_grad():
+        model.classifier.bias.zero_()
+    from semseg.engine.checkpoint import save_weights
+
+    save_weights(model, other, **{k: v for k, v in meta.items() if k != "model_config"})
+    with pytest.raises(ConfigError, match="resume it with the distill.teacher it was started with"):
+        fit(load_config(recipe, [f"out={split}", f"distill.teacher={other}", "epochs=5"]), resume=True, progress=False)
+    with pytest.raises(ConfigError, match="was trained with the distillation teacher whose file has sha256"):
+        fit(load_config(recipe, [f"out={split}", "epochs=5"]), resume=True, progress=False)
+
+
+def test_distillation_refuses_a_teacher_of_other_classes_or_a_missing_file(recipe, tmp_path, teacher):
+    from semseg.engine.checkpoint import save_weights
+
+    model, meta = load_model(teacher)
+    renamed = tmp_path / "renamed.safetensors"
+    classes = list(reversed(meta["classes"]))
+    save_weights(model, renamed, **{**{k: v for k, v in meta.items() if k != "model_config"}, "classes": classes})
+    with pytest.raises(ConfigError, match=r"predicts classes \[.*\], the dataset has .*same classes in the same order"):
+        fit(load_config(recipe, [f"out={tmp_path / 'a'}", f"distill.teacher={renamed}"]), progress=False)
+    with pytest.raises(ConfigError, match="distill.teacher: .*nothing.safetensors does not exist"):
+        fit(load_config(recipe, [f"out={tmp_path / 'b'}", f"distill.teacher={tmp_path / 'nothing.safetensors'}"]),
+            progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="distill.weight and distill.temperature must be > 0"):
+        load_config(recipe, ["distill.temperature=0"])
+
+
+def test_the_teacher_sees_its_own_normalisation(teacher):
+    from semseg.config import DistillConfig
+    from semseg.engine.distill import build_distiller
+
+    model, meta = load_model(teacher)
+    mean, std = [0.2, 0.3, 0.4], [0.5, 0.25, 0.2]
+    distiller = build_distiller(DistillConfig(teacher=str(teacher)), classes=meta["classes"], mean=mean, std=std,
+                                ignore_index=255)  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    raw = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)  # the image the dataset normalised
+    as_teacher = (raw - torch.tensor(meta["mean"]).view(1, 3, 1, 1)) / torch.tensor(meta["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = model.eval()(as_teacher)
+    torch.testing.assert_close(distiller.teacher_logits(x), expected, rtol=1e-4, atol=1e-4)
+    distiller.train()
+    assert not distiller.teacher.training and not any(p.requires_grad for p in distiller.teacher.parameters())
+    same = build_distiller(DistillConfig(teacher=str(teacher)), classes=meta["classes"], mean=meta["mean"],
+                           std=meta["std"], ignore_index=255)  # fmt: skip
+    assert same.scale is None

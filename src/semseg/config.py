@@ -79,6 +79,16 @@ class LossConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015): the student also matches a trained teacher's
+    per-pixel class probabilities, softened by ``temperature``, on the same training crops."""
+
+    teacher: str | None = None  # a semseg checkpoint or a shipped model's name; None: off
+    weight: float = 1.0  # the distillation term's weight beside the main loss
+    temperature: float = 1.0  # > 1 shows the student the teacher's second choices; the term is scaled by its square
+
+
+@dataclass
 class TrainConfig:
     """Everything ``semseg train`` needs; ``out`` receives checkpoints, logs and plots."""
 
@@ -86,6 +96,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     epochs: int = 10
     repeats: int = 1  # an epoch visits every training sample this many times (small datasets)
     val_every: int = 1  # validate every N epochs, and always after the last one
@@ -121,6 +132,9 @@ class TrainConfig:
             raise ConfigError(f"data.scale must be [min, max] with 0 < min <= max, got {self.data.scale}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1) (a decay per step, 0: off), got {self.ema}")
+        if self.distill.weight <= 0 or self.distill.temperature <= 0:
+            raise ConfigError(f"distill.weight and distill.temperature must be > 0, got {self.distill.weight} and "
+                              f"{self.distill.temperature} (distill.teacher: null turns distillation off)")
         if not 0 < self.data.infer_scale <= MAX_INFER_SCALE:
             raise ConfigError(f"data.infer_scale must be in (0, {MAX_INFER_SCALE}], got {self.data.infer_scale}")
 

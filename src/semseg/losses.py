@@ -190,6 +190,33 @@ class LovaszSoftmaxLoss(_PixelLoss):
         return (w * torch.stack(losses)).sum() / w.sum()
 
 
+class DistillationLoss(nn.Module):
+    """KL(teacher || student) of temperature-softened class probabilities, per pixel, times the
+    temperature squared (Hinton et al. 2015, arXiv:1503.02531), averaged over labelled pixels.
+
+    Pixels labelled ``ignore_index`` are left out, as in every other loss here: void has no
+    right class, so there is nothing for the teacher to teach. Computed in float32 whatever
+    the autocast, since the difference of two log-probabilities loses its digits in bf16.
+    """
+
+    def __init__(self, *, temperature: float = 1.0, ignore_index: int = 255) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature, self.ignore_index = temperature, ignore_index
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if student.shape != teacher.shape or target.shape != (student.shape[0], *student.shape[2:]):
+            raise ValueError(f"expected student and teacher logits (N, C, H, W) of one shape and target (N, H, W), got "
+                             f"{tuple(student.shape)}, {tuple(teacher.shape)} and {tuple(target.shape)}")  # fmt: skip
+        t = self.temperature
+        log_student = F.log_softmax(student.float() / t, dim=1)
+        log_teacher = F.log_softmax(teacher.float() / t, dim=1)
+        kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1)
+        valid = target != self.ignore_index
+        return (kl * valid).sum() / valid.sum().clamp(min=1) * t * t
+
+
 class WeightedSum(nn.Module):
     """``sum_i weight_i * loss_i(logits, target)``, e.g. cross-entropy + 0.5 Dice."""
 

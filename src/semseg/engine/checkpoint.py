@@ -7,6 +7,7 @@ predictor needs. safetensors never executes code on load, unlike a pickle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -25,6 +26,15 @@ from semseg.config import MAX_INFER_SCALE
 from semseg.data.base import list_some
 from semseg.pretrained import resolve_checkpoint
 from semseg.registry import WEIGHT_FILE_OPTIONS, create_model, saved_config
+
+
+def sha256(path: str | Path) -> str:
+    """The hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_weights(model: nn.Module, path: str | Path, **metadata: Any) -> Path:

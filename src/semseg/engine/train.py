@@ -18,6 +18,8 @@ from semseg.engine import distributed
 from semseg.progress import progress_bar
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (images, the student's logits, masks) -> a term added to the loss, e.g. engine.distill.Distiller.
+ExtraLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class TrainForward(nn.Module):
@@ -78,6 +80,7 @@ def train_one_epoch(
     progress: bool = True,
     channels_last: bool = False,
     on_step: Callable[[], None] | None = None,
+    distill: ExtraLossFn | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; an optimizer (and ``scheduler``) step every ``grad_accum`` batches.
 
@@ -87,7 +90,8 @@ def train_one_epoch(
     of them in a row stop training with ``FloatingPointError``.
     Returns the mean loss of the finite batches, images/s and the number skipped.
     ``channels_last`` feeds batches in NHWC order, for a model converted to it. ``on_step`` runs
-    after every optimizer step (e.g. to update an average of the weights).
+    after every optimizer step (e.g. to update an average of the weights). ``distill`` adds its
+    term for ``(images, logits, masks)`` to every batch's loss (a teacher's, see :mod:`semseg.engine.distill`).
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = model if isinstance(model, (TrainForward, DistributedDataParallel)) else TrainForward(model)
@@ -106,7 +110,10 @@ def train_one_epoch(
         sync = contextlib.nullcontext() if step_now or not isinstance(net, DistributedDataParallel) else net.no_sync()
         with sync:
             with autocast(device, amp):
-                loss = training_loss(net(images), masks, loss_fn, aux_weights)
+                outputs = net(images)
+                loss = training_loss(outputs, masks, loss_fn, aux_weights)
+                if distill is not None:
+                    loss = loss + distill(images, outputs["out"], masks)
             # Every process skips together, or the ones that do backward wait forever in its all-reduce.
             finite = distributed.all_true(bool(torch.isfinite(loss)), loss.device)
             if finite:

@@ -29,6 +29,7 @@ from semseg.config import ConfigError, TrainConfig
 from semseg.engine import distributed, run_folder
 from semseg.engine.checkpoint import load_training_state, read_metadata
 from semseg.engine.datasets import DatasetBundle, build_datasets
+from semseg.engine.distill import Distiller, build_distiller
 from semseg.engine.evaluate import confusion_matrix
 from semseg.engine.init_from import init_from
 from semseg.engine.schedules import cosine_schedule, poly_schedule
@@ -97,6 +98,7 @@ def _fit(
             net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
         net = DistributedDataParallel(net, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     loss_fn = build_loss(config, len(data.classes)).to(dist.device)
+    distiller = _distiller(config, data, dist)
 
     # Every process, however many there are, draws the same permutation each epoch and
     # takes its share: with the same global batch the run is the same as one process.
@@ -125,7 +127,8 @@ def _fit(
         run_folder.prepare(out, resume=resume, overwrite=overwrite)
     distributed.barrier()
     if resume:
-        start_epoch, history, best = _restore(out, model, optimizer, scheduler, scaler, dist, ema)
+        start_epoch, history, best = _restore(out, model, optimizer, scheduler, scaler, dist, ema,
+                                              teacher_sha256=None if distiller is None else distiller.sha256)  # fmt: skip
     metadata = _metadata(config, data)
     end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
     # Closed (so flushed) however the loop ends: finished, stop_after, or an exception.
@@ -142,6 +145,7 @@ def _fit(
                 scaler=scaler, grad_accum=config.grad_accum, clip_grad_norm=config.clip_grad_norm,
                 max_nonfinite=config.max_nonfinite, desc=f"epoch {epoch + 1}/{config.epochs}", progress=progress,
                 channels_last=config.channels_last, on_step=None if ema is None else lambda: ema.update_parameters(model),
+                distill=distiller,
             )  # fmt: skip
             scored = model if ema is None else ema.module  # what validation scores and the checkpoints hold
             validate = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
@@ -158,11 +162,25 @@ def _fit(
                 state = _state(epoch + 1, history, best, optimizer, scheduler, scaler)
                 if ema is not None:  # the weights files hold the average; resuming needs the trained weights too
                     state["ema"] = {"trained_weights": model.state_dict(), "steps": int(ema.n_averaged)}
+                if distiller is not None:
+                    state["distill_teacher_sha256"] = distiller.sha256
                 run_folder.commit(out, scored, state, meta, is_best=is_best)
             distributed.barrier()
     if dist.is_main and history:
         plot_curves([{k: h[k] for k in ("epoch", "train_loss", "val_mIoU")} for h in history], out / "curves.png")
     return {**metrics, "history": history, "best_mIoU": best}
+
+
+def _distiller(config: TrainConfig, data: DatasetBundle, dist: distributed.DistInfo) -> Distiller | None:
+    """The teacher ``distill.teacher`` names (None when unset), on the training device and memory format."""
+    if config.distill.teacher is None:
+        return None
+    distiller = build_distiller(config.distill, classes=data.classes, mean=data.mean, std=data.std,
+                                ignore_index=data.ignore_index).to(dist.device)  # fmt: skip
+    if dist.is_main:
+        print(f"distill: teacher {config.distill.teacher} (sha256 {distiller.sha256[:12]}), weight "
+              f"{config.distill.weight}, temperature {config.distill.temperature}", flush=True)  # fmt: skip
+    return distiller.to(memory_format=torch.channels_last) if config.channels_last else distiller
 
 
 class Repeated(Dataset):
@@ -253,10 +271,11 @@ def _state(epoch, history, best, optimizer, scheduler, scaler) -> dict[str, Any]
 
 
 def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.DistInfo,
-             ema: AveragedModel | None = None) -> tuple[int, list, float]:  # fmt: skip
+             ema: AveragedModel | None = None, teacher_sha256: str | None = None) -> tuple[int, list, float]:  # fmt: skip
     """Load ``last.*`` from ``out`` (after finishing any interrupted commit); returns (epochs done, history, best mIoU).
 
-    With ``ema``, ``last.safetensors`` holds the average and the state file the trained weights."""
+    With ``ema``, ``last.safetensors`` holds the average and the state file the trained weights.
+    ``teacher_sha256`` (distillation) must be the one the run was started with."""
     if dist.is_main:
         run_folder.recover(out)
     distributed.barrier()
@@ -270,6 +289,10 @@ def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.D
     if (ema is None) != ("ema" not in state):
         raise ConfigError(f"{out} was trained {'without' if ema is not None else 'with'} ema; resume it with the ema it "
                           "was started with, or start again with --overwrite")  # fmt: skip
+    if state.get("distill_teacher_sha256") != teacher_sha256:
+        raise ConfigError(f"{out} was trained with {_teacher(state.get('distill_teacher_sha256'))} and this run has "
+                          f"{_teacher(teacher_sha256)}; resume it with the distill.teacher it was started with, or "
+                          "start again with --overwrite")  # fmt: skip
     if ema is None:
         model.load_state_dict(load_file(str(weights)))
     else:
@@ -291,6 +314,10 @@ def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.D
         run_folder.truncate_log(out, state["epoch"])
         run_folder.restore_best(out, history, state["best_mIoU"])
     return state["epoch"], history, state["best_mIoU"]
+
+
+def _teacher(sha: str | None) -> str:
+    return "no distillation teacher" if sha is None else f"the distillation teacher whose file has sha256 {sha[:12]}"
 
 
 def _summary_writer_class(config: TrainConfig) -> type | None:

@@ -18,7 +18,6 @@ the file's type, the device and what is installed.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from semseg.engine.checkpoint import infer_scale, load_model, read_metadata
+from semseg.engine.checkpoint import infer_scale, load_model, read_metadata, sha256
 from semseg.pretrained import resolve_checkpoint
 
 ENGINES = ("torch", "torch-channels-last", "onnxruntime", "openvino")
@@ -255,15 +254,6 @@ def cache_dir() -> Path:
     if os.environ.get("SEMSEG_CACHE_DIR"):
         return Path(os.environ["SEMSEG_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "semseg"
-
-
-def sha256(path: str | Path) -> str:
-    """The hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cached_openvino(checkpoint: str | Path) -> Path:
