@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader
 from semseg.allocator import keep_freed_memory
 from semseg.config import load_config
 from semseg.engine.datasets import build_datasets
-from semseg.engine.train import TrainForward, train_one_epoch, training_loss
 from semseg.engine.distill import build_distiller
+from semseg.engine.train import TrainForward, train_one_epoch, training_loss
 from semseg.engine.trainer import build_loss, build_optimizer
 from semseg.registry import create_model
 
@@ -66,7 +66,7 @@ def semseg_step(config, data, steps: int) -> float:
     optimizer, loss_fn = build_optimizer(config, model), build_loss(config, len(data.classes))
     distill = None  # a recipe's distill.teacher runs in the step as in training
     if config.distill.teacher is not None:
-        distill = build_distiller(config.distill, classes=data.classes, mean=data.mean, std=data.std,
+        distill = build_distiller(config.distill, classes=data.classes, mean=data.mean, std=data.std, bands=data.bands,
                                   ignore_index=data.ignore_index).to(memory_format=memory_format(config))  # fmt: skip
     batches = itertools.islice(_loader(data.train, config, 0), WARMUP + steps)
     warm = [next(batches) for _ in range(WARMUP)]

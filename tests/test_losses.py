@@ -143,7 +143,10 @@ def test_distillation_is_the_temperature_softened_kl_times_its_square_over_label
     assert loss(teacher, teacher, TARGET).item() == pytest.approx(0.0, abs=1e-7)
     assert loss(LOGITS, teacher, torch.full_like(TARGET, 255)).item() == 0.0
     student = LOGITS.clone().requires_grad_(True)
-    loss(student.bfloat16(), teacher.bfloat16(), TARGET).backward()  # computed in float32 under any autocast
+    low = loss(student.bfloat16(), teacher.bfloat16(), TARGET)  # bf16 logits, as under autocast: computed in float32
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(loss(LOGITS.bfloat16().float(), teacher.bfloat16().float(), TARGET).item(), rel=1e-6)
+    low.backward()
     assert torch.all(student.grad[..., 3] == 0) and student.grad[..., :3].abs().sum() > 0
     with pytest.raises(ValueError, match="student and teacher logits"):
         loss(LOGITS, teacher[:, :2], TARGET)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from semseg.cli import main
 from semseg.config import ConfigError, load_config
-from semseg.engine.checkpoint import load_model, read_metadata
+from semseg.engine.checkpoint import load_model, read_metadata, save_weights, sha256
 from semseg.engine.trainer import fit
 
 RECIPE = """
@@ -307,7 +307,6 @@ def test_evaluate_scores_the_predictions_its_options_give(custom_dataset, tmp_pa
     from PIL import Image
 
     import semseg
-    from semseg.engine.checkpoint import save_weights
     from semseg.inference.predictor import Predictor
 
     torch.manual_seed(3)  # an untrained U-Net with a zero classifier bias: varied labels, changed by tiling and TTA
@@ -372,8 +371,6 @@ def test_evaluate_refuses_a_dataset_with_other_classes(tmp_path, recipe, custom_
 def teacher(recipe, tmp_path):
     """A shapes model whose classifier is biased to say class 1 ("square" or whatever it is) nearly
     everywhere: a teacher whose advice differs visibly from the labels."""
-    from semseg.engine.checkpoint import save_weights
-
     out = tmp_path / "teacher"
     fit(load_config(recipe, [f"out={out}", "epochs=1"]), progress=False)
     model, meta = load_model(out / "last.safetensors")
@@ -395,20 +392,24 @@ def _share_of_class_1(path, config) -> float:
         return float((model.eval()(images).argmax(1) == 1).float().mean())
 
 
-def test_distillation_teaches_resumes_exactly_and_refuses_another_teacher(recipe, tmp_path, teacher, capsys):
-    from semseg.engine.checkpoint import sha256
-
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_distillation_teaches_resumes_exactly_and_refuses_another_teacher(recipe, tmp_path, teacher, capsys, amp):
     plain, straight, split = tmp_path / "plain", tmp_path / "straight", tmp_path / "split"
-    fit(load_config(recipe, [f"out={plain}"]), progress=False)
-    distill = [f"distill.teacher={teacher}", "distill.weight=5", "distill.temperature=2"]
+    fit(load_config(recipe, [f"out={plain}", f"amp={amp}"]), progress=False)
+    distill = [f"distill.teacher={teacher}", "distill.weight=5", "distill.temperature=2", f"amp={amp}"]
     config = load_config(recipe, [f"out={straight}", *distill])
     fit(config, progress=False)
     assert f"distill: teacher {teacher} (sha256 {sha256(teacher)[:12]}), weight 5.0, temperature 2.0" in capsys.readouterr().out
     assert _share_of_class_1(teacher, config) > 0.99
     assert _share_of_class_1(straight / "last.safetensors", config) > 0.5 > _share_of_class_1(plain / "last.safetensors", config) + 0.2
     state = torch.load(straight / "last.state.pt", weights_only=True)
-    assert state["distill_teacher_sha256"] == sha256(teacher)
-    assert read_metadata(straight / "last.safetensors")["config"]["distill"]["teacher"] == str(teacher)
+    assert state["distill"] == {"teacher_sha256": sha256(teacher), "weight": 5.0, "temperature": 2.0}
+    meta = read_metadata(straight / "last.safetensors")
+    assert meta["config"]["distill"]["teacher"] == str(teacher) and meta["distill_teacher_sha256"] == sha256(teacher)
+    for line in (straight / "log.jsonl").read_text().splitlines():  # the term is logged alone and inside the loss
+        record = json.loads(line)
+        assert 0 < record["distill_loss"] < record["train_loss"]
+    assert "distill_loss" not in json.loads((plain / "log.jsonl").read_text().splitlines()[0])
 
     split_config = load_config(recipe, [f"out={split}", *distill])
     fit(split_config, stop_after=2, progress=False)
@@ -421,29 +422,33 @@ def test_distillation_teaches_resumes_exactly_and_refuses_another_teacher(recipe
     model, meta = load_model(teacher)
     with torch.no_grad():
         model.classifier.bias.zero_()
-    from semseg.engine.checkpoint import save_weights
-
     save_weights(model, other, **{k: v for k, v in meta.items() if k != "model_config"})
-    with pytest.raises(ConfigError, match="resume it with the distill.teacher it was started with"):
+    with pytest.raises(ConfigError, match="resume it with the distill settings it was started with"):
         fit(load_config(recipe, [f"out={split}", f"distill.teacher={other}", "epochs=5"]), resume=True, progress=False)
+    with pytest.raises(ConfigError, match="at weight 5.0, temperature 2.0 and this run has .* at weight 1.0"):
+        fit(load_config(recipe, [f"out={split}", *distill, "distill.weight=1", "epochs=5"]), resume=True, progress=False)
     with pytest.raises(ConfigError, match="was trained with the distillation teacher whose file has sha256"):
         fit(load_config(recipe, [f"out={split}", "epochs=5"]), resume=True, progress=False)
 
 
 def test_distillation_refuses_a_teacher_of_other_classes_or_a_missing_file(recipe, tmp_path, teacher):
-    from semseg.engine.checkpoint import save_weights
-
     model, meta = load_model(teacher)
     renamed = tmp_path / "renamed.safetensors"
     classes = list(reversed(meta["classes"]))
     save_weights(model, renamed, **{**{k: v for k, v in meta.items() if k != "model_config"}, "classes": classes})
     with pytest.raises(ConfigError, match=r"predicts classes \[.*\], the dataset has .*same classes in the same order"):
         fit(load_config(recipe, [f"out={tmp_path / 'a'}", f"distill.teacher={renamed}"]), progress=False)
-    with pytest.raises(ConfigError, match="distill.teacher: .*nothing.safetensors does not exist"):
-        fit(load_config(recipe, [f"out={tmp_path / 'b'}", f"distill.teacher={tmp_path / 'nothing.safetensors'}"]),
-            progress=False)  # fmt: skip
-    with pytest.raises(ConfigError, match="distill.weight and distill.temperature must be > 0"):
-        load_config(recipe, ["distill.temperature=0"])
+    bands = tmp_path / "bands.safetensors"  # the same classes, but read from 3 full-precision bands
+    save_weights(model, bands, **{**{k: v for k, v in meta.items() if k != "model_config"}, "bands": 3})
+    with pytest.raises(ConfigError, match="takes 3 full-precision bands, the dataset gives 3-channel 8-bit images"):
+        fit(load_config(recipe, [f"out={tmp_path / 'c'}", f"distill.teacher={bands}"]), progress=False)
+    for missing, message in [(tmp_path / "nothing.safetensors", "nothing.safetensors is not a file"),
+                             (tmp_path, "is not a file"), ("no-such-model", "neither a file nor a shipped model")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"distill.teacher: .*{message}.*give a semseg checkpoint"):
+            fit(load_config(recipe, [f"out={tmp_path / 'b'}", f"distill.teacher={missing}"]), progress=False)
+    for bad in ["distill.temperature=0", "distill.weight=.nan", "distill.weight=.inf"]:
+        with pytest.raises(ConfigError, match="distill.weight and distill.temperature must be finite and > 0"):
+            load_config(recipe, [bad])
 
 
 def test_the_teacher_sees_its_own_normalisation(teacher):
@@ -452,16 +457,18 @@ def test_the_teacher_sees_its_own_normalisation(teacher):
 
     model, meta = load_model(teacher)
     mean, std = [0.2, 0.3, 0.4], [0.5, 0.25, 0.2]
-    distiller = build_distiller(DistillConfig(teacher=str(teacher)), classes=meta["classes"], mean=mean, std=std,
-                                ignore_index=255)  # fmt: skip
+    distiller = build_distiller(DistillConfig(teacher=str(teacher), weight=3.0), classes=meta["classes"], mean=mean,
+                                std=std, bands=None, ignore_index=255)  # fmt: skip
     x = torch.randn(2, 3, 32, 32)
     raw = x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)  # the image the dataset normalised
     as_teacher = (raw - torch.tensor(meta["mean"]).view(1, 3, 1, 1)) / torch.tensor(meta["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = model.eval()(as_teacher)
     torch.testing.assert_close(distiller.teacher_logits(x), expected, rtol=1e-4, atol=1e-4)
+    student, masks = torch.randn_like(expected), torch.randint(0, expected.shape[1], (2, 32, 32))
+    assert distiller(student, expected, masks).item() == pytest.approx(3.0 * distiller.loss(student, expected, masks).item())
     distiller.train()
     assert not distiller.teacher.training and not any(p.requires_grad for p in distiller.teacher.parameters())
     same = build_distiller(DistillConfig(teacher=str(teacher)), classes=meta["classes"], mean=meta["mean"],
-                           std=meta["std"], ignore_index=255)  # fmt: skip
+                           std=meta["std"], bands=None, ignore_index=255)  # fmt: skip
     assert same.scale is None

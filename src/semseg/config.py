@@ -9,6 +9,7 @@ type fail with the key's full dotted name and what was expected, before anything
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,8 +133,8 @@ class TrainConfig:
             raise ConfigError(f"data.scale must be [min, max] with 0 < min <= max, got {self.data.scale}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1) (a decay per step, 0: off), got {self.ema}")
-        if self.distill.weight <= 0 or self.distill.temperature <= 0:
-            raise ConfigError(f"distill.weight and distill.temperature must be > 0, got {self.distill.weight} and "
+        if not (0 < self.distill.weight < math.inf and 0 < self.distill.temperature < math.inf):
+            raise ConfigError(f"distill.weight and distill.temperature must be finite and > 0, got {self.distill.weight} and "
                               f"{self.distill.temperature} (distill.teacher: null turns distillation off)")
         if not 0 < self.data.infer_scale <= MAX_INFER_SCALE:
             raise ConfigError(f"data.infer_scale must be in (0, {MAX_INFER_SCALE}], got {self.data.infer_scale}")

@@ -15,11 +15,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from semseg.engine import distributed
+from semseg.engine.distill import Distiller
 from semseg.progress import progress_bar
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# (images, the student's logits, masks) -> a term added to the loss, e.g. engine.distill.Distiller.
-ExtraLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class TrainForward(nn.Module):
@@ -80,7 +79,7 @@ def train_one_epoch(
     progress: bool = True,
     channels_last: bool = False,
     on_step: Callable[[], None] | None = None,
-    distill: ExtraLossFn | None = None,
+    distill: Distiller | None = None,
 ) -> dict[str, float]:
     """One pass over ``batches``; an optimizer (and ``scheduler``) step every ``grad_accum`` batches.
 
@@ -90,15 +89,16 @@ def train_one_epoch(
     of them in a row stop training with ``FloatingPointError``.
     Returns the mean loss of the finite batches, images/s and the number skipped.
     ``channels_last`` feeds batches in NHWC order, for a model converted to it. ``on_step`` runs
-    after every optimizer step (e.g. to update an average of the weights). ``distill`` adds its
-    term for ``(images, logits, masks)`` to every batch's loss (a teacher's, see :mod:`semseg.engine.distill`).
+    after every optimizer step (e.g. to update an average of the weights). ``distill`` adds a
+    teacher's term to every batch's loss (:mod:`semseg.engine.distill`); its mean is also
+    returned alone as ``distill_loss`` (the ``loss`` includes it).
     """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     net = model if isinstance(model, (TrainForward, DistributedDataParallel)) else TrainForward(model)
     model = (net.module if isinstance(net, DistributedDataParallel) else net).model
     aux_weights = getattr(model, "aux_weights", {"aux": model.aux_weight})
     net.train()
-    total, seen, skipped, in_a_row = 0.0, 0, 0, 0
+    total, distilled, seen, skipped, in_a_row = 0.0, 0.0, 0, 0, 0
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     bar = progress_bar(batches, desc=desc, leave=False, enabled=progress)
@@ -110,10 +110,13 @@ def train_one_epoch(
         sync = contextlib.nullcontext() if step_now or not isinstance(net, DistributedDataParallel) else net.no_sync()
         with sync:
             with autocast(device, amp):
+                # The teacher first: its activations are freed before the student's graph is built.
+                targets = None if distill is None else distill.teacher_logits(images)
                 outputs = net(images)
                 loss = training_loss(outputs, masks, loss_fn, aux_weights)
                 if distill is not None:
-                    loss = loss + distill(images, outputs["out"], masks)
+                    term = distill(outputs["out"], targets, masks)
+                    loss = loss + term
             # Every process skips together, or the ones that do backward wait forever in its all-reduce.
             finite = distributed.all_true(bool(torch.isfinite(loss)), loss.device)
             if finite:
@@ -137,11 +140,13 @@ def train_one_epoch(
             if on_step is not None:
                 on_step()
         total += loss.item() * len(images)
+        distilled += 0.0 if distill is None else term.item() * len(images)
         seen += len(images)
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{total / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{seen / elapsed:.0f}")
     elapsed = time.perf_counter() - start
-    return {"loss": total / max(seen, 1), "images_per_s": seen / elapsed if elapsed > 0 else 0.0, "skipped": skipped}
+    stats = {"loss": total / max(seen, 1), "images_per_s": seen / elapsed if elapsed > 0 else 0.0, "skipped": skipped}
+    return stats if distill is None else {**stats, "distill_loss": distilled / max(seen, 1)}
 
 
 def _step(net: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, clip: float | None) -> None:

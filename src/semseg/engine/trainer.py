@@ -128,8 +128,10 @@ def _fit(
     distributed.barrier()
     if resume:
         start_epoch, history, best = _restore(out, model, optimizer, scheduler, scaler, dist, ema,
-                                              teacher_sha256=None if distiller is None else distiller.sha256)  # fmt: skip
+                                              distill=None if distiller is None else distiller.identity)  # fmt: skip
     metadata = _metadata(config, data)
+    if distiller is not None:  # which file taught it, beyond the name or path in the config
+        metadata["distill_teacher_sha256"] = distiller.sha256
     end_epoch = config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
     # Closed (so flushed) however the loop ends: finished, stop_after, or an exception.
     with _open_tensorboard(summary_writer, out, dist) as tensorboard:
@@ -153,6 +155,8 @@ def _fit(
             record = {"epoch": epoch + 1, "train_loss": stats["loss"], "val_mIoU": metrics.get("mIoU"),
                       "lr": optimizer.param_groups[0]["lr"], "images_per_s": stats["images_per_s"] * dist.world_size,
                       "skipped_batches": stats["skipped"]}  # fmt: skip
+            if distiller is not None:  # part of train_loss, also logged alone to tune distill.weight by
+                record["distill_loss"] = stats["distill_loss"]
             history.append(record)
             if dist.is_main:
                 _log(out, {**record, "val": metrics}, tensorboard)
@@ -163,7 +167,7 @@ def _fit(
                 if ema is not None:  # the weights files hold the average; resuming needs the trained weights too
                     state["ema"] = {"trained_weights": model.state_dict(), "steps": int(ema.n_averaged)}
                 if distiller is not None:
-                    state["distill_teacher_sha256"] = distiller.sha256
+                    state["distill"] = distiller.identity
                 run_folder.commit(out, scored, state, meta, is_best=is_best)
             distributed.barrier()
     if dist.is_main and history:
@@ -175,7 +179,7 @@ def _distiller(config: TrainConfig, data: DatasetBundle, dist: distributed.DistI
     """The teacher ``distill.teacher`` names (None when unset), on the training device and memory format."""
     if config.distill.teacher is None:
         return None
-    distiller = build_distiller(config.distill, classes=data.classes, mean=data.mean, std=data.std,
+    distiller = build_distiller(config.distill, classes=data.classes, mean=data.mean, std=data.std, bands=data.bands,
                                 ignore_index=data.ignore_index).to(dist.device)  # fmt: skip
     if dist.is_main:
         print(f"distill: teacher {config.distill.teacher} (sha256 {distiller.sha256[:12]}), weight "
@@ -271,11 +275,11 @@ def _state(epoch, history, best, optimizer, scheduler, scaler) -> dict[str, Any]
 
 
 def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.DistInfo,
-             ema: AveragedModel | None = None, teacher_sha256: str | None = None) -> tuple[int, list, float]:  # fmt: skip
+             ema: AveragedModel | None = None, distill: dict[str, Any] | None = None) -> tuple[int, list, float]:  # fmt: skip
     """Load ``last.*`` from ``out`` (after finishing any interrupted commit); returns (epochs done, history, best mIoU).
 
     With ``ema``, ``last.safetensors`` holds the average and the state file the trained weights.
-    ``teacher_sha256`` (distillation) must be the one the run was started with."""
+    ``distill`` (:attr:`Distiller.identity`: teacher file, weight, temperature) must be the run's own."""
     if dist.is_main:
         run_folder.recover(out)
     distributed.barrier()
@@ -289,9 +293,9 @@ def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.D
     if (ema is None) != ("ema" not in state):
         raise ConfigError(f"{out} was trained {'without' if ema is not None else 'with'} ema; resume it with the ema it "
                           "was started with, or start again with --overwrite")  # fmt: skip
-    if state.get("distill_teacher_sha256") != teacher_sha256:
-        raise ConfigError(f"{out} was trained with {_teacher(state.get('distill_teacher_sha256'))} and this run has "
-                          f"{_teacher(teacher_sha256)}; resume it with the distill.teacher it was started with, or "
+    if state.get("distill") != distill:
+        raise ConfigError(f"{out} was trained with {_teacher(state.get('distill'))} and this run has "
+                          f"{_teacher(distill)}; resume it with the distill settings it was started with, or "
                           "start again with --overwrite")  # fmt: skip
     if ema is None:
         model.load_state_dict(load_file(str(weights)))
@@ -316,8 +320,11 @@ def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.D
     return state["epoch"], history, state["best_mIoU"]
 
 
-def _teacher(sha: str | None) -> str:
-    return "no distillation teacher" if sha is None else f"the distillation teacher whose file has sha256 {sha[:12]}"
+def _teacher(distill: dict[str, Any] | None) -> str:
+    if distill is None:
+        return "no distillation teacher"
+    return (f"the distillation teacher whose file has sha256 {distill['teacher_sha256'][:12]} at weight "
+            f"{distill['weight']}, temperature {distill['temperature']}")
 
 
 def _summary_writer_class(config: TrainConfig) -> type | None:
@@ -345,8 +352,9 @@ def _tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
     Tags are grouped as TensorBoard shows them: ``train/*``, ``val/*``, and one group per
     per-class metric (``val_IoU/<class>``, ``val_accuracy/<class>``, ``val_dice/<class>``).
     """
-    train = {"loss": "train_loss", "lr": "lr", "images_per_s": "images_per_s", "skipped_batches": "skipped_batches"}
-    scalars = {f"train/{tag}": record[key] for tag, key in train.items()}
+    train = {"loss": "train_loss", "lr": "lr", "images_per_s": "images_per_s", "skipped_batches": "skipped_batches",
+             "distill_loss": "distill_loss"}  # fmt: skip
+    scalars = {f"train/{tag}": record[key] for tag, key in train.items() if key in record}
     for key, value in record["val"].items():
         if isinstance(value, dict):
             scalars.update({f"val_{key.removeprefix('per_class_')}/{name}": v for name, v in value.items()})
