@@ -104,6 +104,32 @@ def test_ema_checkpoints_hold_the_validated_average_and_resume_refuses_another_s
         load_config(recipe, ["ema=1"])
 
 
+def test_ema_warmup_follows_the_model_early_and_resumes_exactly(recipe, tmp_path):
+    from semseg.engine.trainer import warmed_up_ema
+
+    averaged, current = [torch.zeros(2)], [torch.ones(2)]
+    warmed_up_ema(0.99)(averaged, current, torch.tensor(1))  # n = 1: decay 2/11, not 0.99
+    torch.testing.assert_close(averaged[0], torch.full((2,), 9 / 11))
+    warmed_up_ema(0.5)(averaged, current, torch.tensor(1000))  # late: the configured decay
+    torch.testing.assert_close(averaged[0], torch.full((2,), 0.5 * 9 / 11 + 0.5))
+
+    def distance_to_trained(out):
+        trained = torch.load(out / "last.state.pt", weights_only=True)["ema"]["trained_weights"]
+        average = weights(out)
+        return sum(float((average[k].float() - v.float()).norm()) for k, v in trained.items() if v.is_floating_point())
+
+    plain, warm, split = tmp_path / "plain", tmp_path / "warm", tmp_path / "split"
+    fit(load_config(recipe, [f"out={plain}", "ema=0.99", "epochs=2"]), progress=False)
+    fit(load_config(recipe, [f"out={warm}", "ema=0.99", "ema_warmup=true", "epochs=2"]), progress=False)
+    assert distance_to_trained(warm) < 0.5 * distance_to_trained(plain)  # 8 steps: 0.99 still holds ~92% of the start
+    config = load_config(recipe, [f"out={split}", "ema=0.99", "ema_warmup=true", "epochs=2"])
+    fit(config, stop_after=1, progress=False)
+    fit(config, resume=True, progress=False)
+    a, b = weights(warm), weights(split)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_tensorboard_holds_the_jsonl_log_and_is_closed_when_a_run_stops_early(recipe, tmp_path, monkeypatch):
     summary = pytest.importorskip("torch.utils.tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

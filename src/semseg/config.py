@@ -116,6 +116,10 @@ class TrainConfig:
     # Exponential moving average of the weights (and BatchNorm statistics), this decay per optimizer
     # step; validation and the checkpoints use the average. 0: off. E.g. 0.995 averages ~200 steps.
     ema: float = 0.0
+    # Warm the average up: step n uses decay min(ema, (1 + n) / (10 + n)) (TensorFlow's
+    # ExponentialMovingAverage with num_updates), so early in a from-scratch run the average
+    # follows the model instead of mixing in its random start.
+    ema_warmup: bool = False
 
     def __post_init__(self) -> None:
         positive = {
