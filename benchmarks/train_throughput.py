@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from semseg.allocator import keep_freed_memory
 from semseg.config import load_config
 from semseg.engine.datasets import build_datasets
-from semseg.engine.distill import build_distiller
+from semseg.engine.distill import training_distiller
 from semseg.engine.train import TrainForward, train_one_epoch, training_loss
 from semseg.engine.trainer import build_loss, build_optimizer
 from semseg.registry import create_model
@@ -55,19 +55,13 @@ def _model(config, num_classes: int):
     return create_model(config.model.name, num_classes=num_classes, **config.model.options)
 
 
-def memory_format(config) -> torch.memory_format:
-    return torch.channels_last if config.channels_last else torch.contiguous_format
-
-
 def semseg_step(config, data, steps: int) -> float:
     """images/s of the trainer's own loop, settings as the recipe says."""
     model = _model(config, len(data.classes))
-    model = model.to(memory_format=memory_format(config))
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer, loss_fn = build_optimizer(config, model), build_loss(config, len(data.classes))
-    distill = None  # a recipe's distill.teacher runs in the step as in training
-    if config.distill.teacher is not None:
-        distill = build_distiller(config.distill, classes=data.classes, mean=data.mean, std=data.std, bands=data.bands,
-                                  ignore_index=data.ignore_index).to(memory_format=memory_format(config))  # fmt: skip
+    distill = training_distiller(config, data)  # a recipe's teacher runs in the step as in training
     batches = itertools.islice(_loader(data.train, config, 0), WARMUP + steps)
     warm = [next(batches) for _ in range(WARMUP)]
     common = {"channels_last": config.channels_last, "amp": config.amp, "progress": False, "distill": distill}

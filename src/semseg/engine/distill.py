@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from semseg.config import ConfigError, DistillConfig
+from semseg.config import ConfigError, DistillConfig, TrainConfig
 from semseg.engine.checkpoint import load_model, sha256
+from semseg.engine.datasets import DatasetBundle
 from semseg.losses import DistillationLoss
 from semseg.pretrained import resolve_checkpoint
 
@@ -33,22 +34,23 @@ class Distiller(nn.Module):
     """
 
     def __init__(self, teacher: nn.Module, *, weight: float, temperature: float, ignore_index: int,
-                 scale: Sequence[float] | None = None, shift: Sequence[float] | None = None) -> None:  # fmt: skip
+                 scale: Sequence[float] | None = None, shift: Sequence[float] | None = None,
+                 sha256: str | None = None) -> None:  # fmt: skip
         super().__init__()
         if (scale is None) != (shift is None):
             raise ValueError("give both scale and shift (the dataset-to-teacher normalisation) or neither")
         self.teacher = teacher.eval().requires_grad_(False)
-        self.weight, self.temperature = weight, temperature
+        self.weight = weight
         self.loss = DistillationLoss(temperature=temperature, ignore_index=ignore_index)
         # The teacher's normalisation from the dataset's: x_teacher = x * scale + shift, per channel.
         self.register_buffer("scale", None if scale is None else torch.tensor(scale).view(1, -1, 1, 1))
         self.register_buffer("shift", None if shift is None else torch.tensor(shift).view(1, -1, 1, 1))
-        self.sha256: str | None = None  # of the teacher's file, when loaded from one
+        self.sha256 = sha256  # of the teacher's file, when loaded from one
 
     @property
     def identity(self) -> dict[str, Any]:
         """What a resumed run must share with the run it continues."""
-        return {"teacher_sha256": self.sha256, "weight": self.weight, "temperature": self.temperature}
+        return {"teacher_sha256": self.sha256, "weight": self.weight, "temperature": self.loss.temperature}
 
     def train(self, mode: bool = True) -> Distiller:
         """The teacher stays in eval mode (frozen BatchNorm statistics) whatever the caller asks."""
@@ -88,7 +90,15 @@ def build_distiller(config: DistillConfig, *, classes: Sequence[str], mean: Sequ
     same = list(meta["mean"]) == list(mean) and list(meta["std"]) == list(std)
     scale = None if same else [s / ts for s, ts in zip(std, meta["std"], strict=True)]
     shift = None if same else [(m - tm) / ts for m, tm, ts in zip(mean, meta["mean"], meta["std"], strict=True)]
-    distiller = Distiller(teacher, weight=config.weight, temperature=config.temperature, ignore_index=ignore_index,
-                          scale=scale, shift=shift)  # fmt: skip
-    distiller.sha256 = sha256(path)
-    return distiller
+    return Distiller(teacher, weight=config.weight, temperature=config.temperature, ignore_index=ignore_index,
+                     scale=scale, shift=shift, sha256=sha256(path))  # fmt: skip
+
+
+def training_distiller(config: TrainConfig, data: DatasetBundle, device: torch.device | str = "cpu") -> Distiller | None:
+    """The distiller a recipe trains with (None without ``distill.teacher``): checked against
+    ``data``, on ``device`` and in the recipe's memory format."""
+    if config.distill.teacher is None:
+        return None
+    distiller = build_distiller(config.distill, classes=data.classes, mean=data.mean, std=data.std, bands=data.bands,
+                                ignore_index=data.ignore_index).to(device)  # fmt: skip
+    return distiller.to(memory_format=torch.channels_last) if config.channels_last else distiller

@@ -30,7 +30,7 @@ from semseg.config import ConfigError, TrainConfig
 from semseg.engine import distributed, run_folder
 from semseg.engine.checkpoint import load_training_state, read_metadata
 from semseg.engine.datasets import DatasetBundle, build_datasets
-from semseg.engine.distill import Distiller, build_distiller
+from semseg.engine.distill import Distiller, training_distiller
 from semseg.engine.evaluate import confusion_matrix
 from semseg.engine.init_from import init_from
 from semseg.engine.schedules import cosine_schedule, poly_schedule
@@ -194,15 +194,12 @@ def warmed_up_ema(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tens
 
 
 def _distiller(config: TrainConfig, data: DatasetBundle, dist: distributed.DistInfo) -> Distiller | None:
-    """The teacher ``distill.teacher`` names (None when unset), on the training device and memory format."""
-    if config.distill.teacher is None:
-        return None
-    distiller = build_distiller(config.distill, classes=data.classes, mean=data.mean, std=data.std, bands=data.bands,
-                                ignore_index=data.ignore_index).to(dist.device)  # fmt: skip
-    if dist.is_main:
+    """:func:`~semseg.engine.distill.training_distiller` on this process's device, announced once."""
+    distiller = training_distiller(config, data, dist.device)
+    if distiller is not None and dist.is_main:
         print(f"distill: teacher {config.distill.teacher} (sha256 {distiller.sha256[:12]}), weight "
               f"{config.distill.weight}, temperature {config.distill.temperature}", flush=True)  # fmt: skip
-    return distiller.to(memory_format=torch.channels_last) if config.channels_last else distiller
+    return distiller
 
 
 class Repeated(Dataset):
@@ -370,9 +367,10 @@ def _tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
     Tags are grouped as TensorBoard shows them: ``train/*``, ``val/*``, and one group per
     per-class metric (``val_IoU/<class>``, ``val_accuracy/<class>``, ``val_dice/<class>``).
     """
-    train = {"loss": "train_loss", "lr": "lr", "images_per_s": "images_per_s", "skipped_batches": "skipped_batches",
-             "distill_loss": "distill_loss"}  # fmt: skip
-    scalars = {f"train/{tag}": record[key] for tag, key in train.items() if key in record}
+    train = {"loss": "train_loss", "lr": "lr", "images_per_s": "images_per_s", "skipped_batches": "skipped_batches"}
+    scalars = {f"train/{tag}": record[key] for tag, key in train.items()}
+    if "distill_loss" in record:  # distillation runs only
+        scalars["train/distill_loss"] = record["distill_loss"]
     for key, value in record["val"].items():
         if isinstance(value, dict):
             scalars.update({f"val_{key.removeprefix('per_class_')}/{name}": v for name, v in value.items()})
