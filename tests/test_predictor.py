@@ -1,8 +1,11 @@
+import io
+import struct
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 import semseg
@@ -218,6 +221,32 @@ def test_exif_orientation_is_applied(tmp_path):
     Image.fromarray(image).save(tmp_path / "turned.jpg", exif=exif, quality=100)
     upright = to_rgb_array(tmp_path / "turned.jpg")
     assert upright.shape == (40, 20, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_turns_as_pillow_does(tmp_path, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(random_image(20, 40, seed=orientation)).save(tmp_path / "o.png", exif=exif)
+    with Image.open(tmp_path / "o.png") as opened:
+        expected = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
+    assert np.array_equal(to_rgb_array(tmp_path / "o.png"), expected)
+
+
+def test_a_malformed_exif_tag_does_not_stop_the_image(tmp_path):
+    # A camera's Software string stored under tag 293 (T6Options, a number): Pillow reads it, but
+    # ImageOps.exif_transpose re-encodes the EXIF of its turned copy and fails with struct.error.
+    exif = Image.Exif()
+    exif[0x0112], exif[0x0131] = 6, "Cam"
+    buffer = io.BytesIO()
+    Image.fromarray(random_image(20, 40, seed=3)).save(buffer, "JPEG", exif=exif)  # JPEG: no checksum over the EXIF
+    data = buffer.getvalue().replace(b"\x01\x31\x00\x02", b"\x01\x25\x00\x02")
+    (tmp_path / "bad_exif.jpg").write_bytes(data)
+    with Image.open(tmp_path / "bad_exif.jpg") as opened:
+        stored = np.asarray(opened.convert("RGB"))
+        with pytest.raises(struct.error):
+            ImageOps.exif_transpose(opened)
+    assert np.array_equal(to_rgb_array(tmp_path / "bad_exif.jpg"), np.rot90(stored, -1))
 
 
 @pytest.mark.parametrize("overlap", [1 / 3, 0.75])  # 0.75: windows of a band reach two bands down

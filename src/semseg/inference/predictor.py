@@ -9,6 +9,7 @@ flip / multi-scale test-time augmentation as in the PSPNet and DeepLab papers.
 from __future__ import annotations
 
 import math
+import struct
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 from torch import nn
 
 from semseg.data.base import declared_size, read_bands, rgb_array
@@ -39,9 +40,25 @@ MAX_WHOLE_PIXELS = 2048 * 2048
 AUTO_TILE = 1024
 
 
+# EXIF orientation -> the turn that shows the stored pixels upright (the table of ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}  # fmt: skip
+
+
 def rgb_from_pil(image: Image.Image) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB, turned upright by the EXIF orientation tag as image viewers show it."""
-    return rgb_array(ImageOps.exif_transpose(image), getattr(image, "filename", "") or "image")
+    """``(H, W, 3)`` uint8 RGB, turned upright by the EXIF orientation tag as image viewers show it.
+
+    Only the pixels are turned: ``ImageOps.exif_transpose`` also re-encodes the EXIF block of
+    its copy, which fails (``struct.error``) on a camera's malformed tag that reading tolerated.
+    EXIF that cannot be read at all counts as no orientation, as in viewers that ignore it.
+    """
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except (OSError, ValueError, SyntaxError, struct.error):
+        orientation = 1
+    turn = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return rgb_array(image if turn is None else image.transpose(turn), getattr(image, "filename", "") or "image")
 
 
 class ImageTooLarge(ValueError):
