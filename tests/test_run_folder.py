@@ -108,6 +108,30 @@ def test_a_kill_at_any_point_of_the_commit_resumes_exactly(recipe, tmp_path, mon
     assert read_metadata(out / "best.safetensors")["epoch"] == best_epoch
 
 
+def test_a_kill_while_the_log_line_is_appended_resumes_exactly(recipe, tmp_path, monkeypatch, straight):
+    out = tmp_path / "run"
+    config = load_config(recipe, [f"out={out}"])
+    with monkeypatch.context() as patch:
+        crash_on(patch, *KILL_POINTS["after the log line, while writing the state"])
+        with pytest.raises(Killed):
+            fit(config, progress=False)
+    log = (out / "log.jsonl").read_text()
+    (out / "log.jsonl").write_text(log[: len(log) - len(log.splitlines()[-1]) // 2 - 1])  # epoch 2's line cut in half
+    fit(config, resume=True, progress=False)
+    resumed = load_file(str(out / "last.safetensors"))
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+    assert logged_epochs(out) == [1, 2, 3]
+
+
+def test_resume_refuses_a_log_unreadable_before_its_last_line(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    fit(load_config(recipe, [f"out={out}", "epochs=2"]), progress=False)
+    lines = (out / "log.jsonl").read_text().splitlines()
+    (out / "log.jsonl").write_text("\n".join(["{oops", *lines]) + "\n")
+    assert main(["train", str(recipe), f"--out={out}", "--epochs=3", "--resume", "--quiet"]) == 1
+    assert f"{out / 'log.jsonl'}, line 1: not a JSON record ('{{oops'); repair or delete that line" in capsys.readouterr().err
+
+
 def test_recover_rolls_a_complete_new_pair_forward_and_drops_an_incomplete_one(recipe, tmp_path):
     out = tmp_path / "run"
     fit(load_config(recipe, [f"out={out}", "epochs=2"]), progress=False)

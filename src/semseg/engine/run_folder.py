@@ -88,11 +88,26 @@ def restore_best(out: Path, history: list[dict[str, Any]], best: float) -> None:
 
 
 def truncate_log(out: Path, epoch: int) -> None:
-    """Keep the ``log.jsonl`` records of epochs ``<= epoch`` (later ones were logged but never committed)."""
+    """Keep the ``log.jsonl`` records of epochs ``<= epoch`` (later ones were logged but never committed).
+
+    A last line cut short (a kill or a full disk while it was appended) is dropped with them;
+    an unreadable line before it is not something a crash leaves, so it stops the resume.
+    """
     log = out / "log.jsonl"
     if not log.exists():
         return
-    kept = [line for line in log.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
+    lines = log.read_text(errors="replace").splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise RunFolderError(f"{log}, line {number}: not a JSON record ({line[:60]!r}); repair or delete that "
+                                 "line, then resume again") from None  # fmt: skip
+        if record is not None and record["epoch"] <= epoch:
+            kept.append(line)
     tmp = out / ".log.jsonl.truncate.tmp"
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, log)
