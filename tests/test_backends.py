@@ -169,6 +169,34 @@ def test_exported_files_keep_the_input_scale_and_their_predictors_follow_it(imag
         Predictor.from_checkpoint(tmp_path / "forged.onnx", backend="onnxruntime")
 
 
+FIVE = {"classes": json.dumps(["a", "b", "c", "d", "e"]), "palette": json.dumps([[0, 0, 0]] * 5),
+        "model_config": json.dumps({"name": "unet", "num_classes": 5, "base_channels": 4, "depth": 2})}
+FORGERIES = [
+    ({"classes": json.dumps(["a", "b", "c", "d", "e"])}, "metadata classes has 5 names for a model with 3 outputs"),
+    (FIVE, "metadata classes has 5 names for a model with 3 outputs"),  # consistent metadata, but not the graph's
+    ({"std": "[0, 0, 0]"}, r"metadata std must be > 0 for every channel"),
+    ({"palette": "[[0, 0, 999], [0, 0, 0], [0, 0, 0]]"}, r"metadata palette must be a list of \[R, G, B\] triples"),
+    ({"mean": '"abc"'}, "metadata mean must be a list of finite numbers"),
+    ({"classes": "[oops"}, "semseg metadata is not valid JSON"),
+]
+
+
+@needs_openvino
+@needs_onnxruntime
+@pytest.mark.parametrize(("forged", "message"), FORGERIES)
+def test_forged_metadata_of_exported_files_is_refused_naming_the_file(checkpoint, tmp_path, forged, message):
+    import onnx
+
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    for prop in proto.metadata_props:
+        prop.value = forged.get(prop.key.removeprefix("semseg."), prop.value)
+    onnx.save(proto, str(tmp_path / "forged.onnx"))
+    for backend in ("onnxruntime", "openvino"):
+        with pytest.raises(ValueError, match=rf"forged\.onnx: {message}"):
+            Predictor.from_checkpoint(tmp_path / "forged.onnx", backend=backend)
+
+
 @needs_openvino
 def test_unusable_openvino_files_are_named(checkpoint, image, tmp_path, capsys):
     import openvino as ov

@@ -130,7 +130,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         meta = {key: json.loads(value) for key, value in raw.items()}
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
-    _check_metadata(meta, path)
+    check_metadata(meta, path)
     return meta
 
 
@@ -147,7 +147,11 @@ def infer_scale(meta: dict[str, Any], path: str | Path) -> float:
     return float(scale)
 
 
-def _check_metadata(meta: dict[str, Any], path: Path) -> None:
+def check_metadata(meta: dict[str, Any], path: str | Path) -> None:
+    """Refuse (:class:`CheckpointError`, naming ``path`` and the key) metadata whose ``model_config``,
+    classes, palette, mean/std, bands, infer_scale or ignore_index are of the wrong type or length:
+    the checks every model file gets, checkpoint or export, before anything is built from it."""
+
     def fail(key: str, why: str) -> None:
         raise CheckpointError(f"{path}: metadata {key} {why}; the file is damaged or was not written by semseg")
 

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from semseg.engine.checkpoint import infer_scale, load_model, read_metadata, sha256
+from semseg.engine.checkpoint import CheckpointError, check_metadata, load_model, read_metadata, sha256
 from semseg.pretrained import resolve_checkpoint
 
 ENGINES = ("torch", "torch-channels-last", "onnxruntime", "openvino")
@@ -112,18 +112,18 @@ def load_backend(path: str | Path, backend: str = "auto", device: str | torch.de
     path = resolve_checkpoint(path)
     engine = choose_backend(path, backend, device)
     kind = file_kind(path)
-    if engine == "onnxruntime":
-        return OnnxRuntimeModel(path)
-    if engine == "openvino":
-        if kind == "checkpoint":  # the converted file keeps only META_KEYS; the checkpoint has more
-            meta = read_metadata(path)  # first: a file that is no checkpoint is named before hashing it
-            return OpenVinoModel(cached_openvino(path), metadata=meta)
-        return OpenVinoModel(path)
-    module, meta = load_model(path)
+    if kind != "checkpoint":
+        return OnnxRuntimeModel(path) if engine == "onnxruntime" else OpenVinoModel(path)
+    # Checked first: a file that is no checkpoint, or lacks what prediction needs, is named before
+    # anything is hashed, converted or built from it.
+    meta = read_metadata(path)
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise ValueError(f"{path} lacks what prediction needs in its metadata ({', '.join(missing)}); semseg train "
                          "writes them, or pass them to save_weights (classes=, palette=, mean=, std=)")  # fmt: skip
+    if engine == "openvino":  # the converted file keeps only META_KEYS; the checkpoint has more
+        return OpenVinoModel(cached_openvino(path), metadata=meta)
+    module, meta = load_model(path)
     return TorchModel(module, meta, channels_last=engine == "torch-channels-last")
 
 
@@ -177,8 +177,8 @@ class OnnxRuntimeModel(Backend):
             raise ValueError(f"{path} is not a model ONNX Runtime can load ({exc}); "
                              "write one with `semseg export --format onnx`") from None  # fmt: skip
         props = self.session.get_modelmeta().custom_metadata_map
-        self.metadata = {k.removeprefix("semseg."): json.loads(v) for k, v in props.items() if k.startswith("semseg.")}
-        _check_metadata(self.metadata, path)
+        found = {k.removeprefix("semseg."): v for k, v in props.items() if k.startswith("semseg.")}
+        self.metadata = exported_metadata(found, path, self.session.get_outputs()[0].shape[1])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"image": x.detach().cpu().numpy()})[0])
@@ -235,17 +235,30 @@ def openvino_metadata(model: Any, path: str | Path) -> dict[str, Any]:
     for key in META_KEYS:
         for where in (["semseg", key], ["framework", f"semseg.{key}"]):
             if model.has_rt_info(where):
-                found[key] = json.loads(model.get_rt_info(where).astype(str))
+                found[key] = model.get_rt_info(where).astype(str)
                 break
-    _check_metadata(found, path)
-    return found
+    channels = model.output(0).get_partial_shape()[1]
+    return exported_metadata(found, path, channels.get_length() if channels.is_static else None)
 
 
-def _check_metadata(metadata: dict[str, Any], path: str | Path) -> None:
-    missing = [k for k in REQUIRED_META if k not in metadata]
+def exported_metadata(raw: dict[str, str], path: str | Path, outputs: Any) -> dict[str, Any]:
+    """The metadata ``semseg export`` stored in a model file (JSON strings by key), decoded and checked
+    as a checkpoint's is, and its classes against the ``outputs`` channels of the graph itself (when
+    the graph says: an int)."""
+    missing = [k for k in REQUIRED_META if k not in raw]
     if missing:
         raise ValueError(f"{path} lacks semseg metadata ({', '.join(missing)}); export it with `semseg export`")
-    infer_scale(metadata, path)
+    try:
+        meta = {key: json.loads(value) for key, value in raw.items()}
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: semseg metadata is not valid JSON ({exc}); export the model again") from None
+    classes = meta["classes"]
+    named = len(classes) if isinstance(classes, list) and classes else 1  # for files without model_config
+    check_metadata({"model_config": {"name": "exported", "num_classes": named}, **meta}, path)
+    if isinstance(outputs, int) and len(classes) != outputs:
+        raise CheckpointError(f"{path}: metadata classes has {len(classes)} names for a model with {outputs} "
+                              "outputs; the file is damaged or was not written by semseg")  # fmt: skip
+    return meta
 
 
 def cache_dir() -> Path:
