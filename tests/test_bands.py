@@ -181,6 +181,13 @@ def test_train_predict_and_export_a_four_band_model(band_data, tmp_path, capsys)
     summary = predict_files(predictor, [str(tmp_path / "val.npy")], tmp_path / "out", progress=False)
     assert summary["outputs"] == {str(tmp_path / "val.npy"): "val.png"} and not summary["failed"]
     assert (tmp_path / "out" / "masks" / "val.png").is_file() and not (tmp_path / "out" / "overlays").exists()
+    np.save(tmp_path / "scalar.npy", np.float32(3))  # arrays that are no image: reported, the others still done
+    np.save(tmp_path / "row.npy", np.zeros(5, np.float32))
+    inputs = [str(tmp_path / name) for name in ("scalar.npy", "val.npy", "row.npy")]
+    summary = predict_files(predictor, inputs, tmp_path / "out2", progress=False)
+    assert list(summary["outputs"]) == [str(tmp_path / "val.npy")] and list(summary["failed"]) == inputs[::2]
+    assert summary["failed"][inputs[0]].endswith("a .npy image must hold numbers shaped (H, W) or (H, W, bands), "
+                                                 "got float32 ()")  # fmt: skip
     with pytest.raises(ValueError, match="the model takes 4 band"):
         predictor(np.zeros((32, 32, 3), dtype=np.uint8))
 

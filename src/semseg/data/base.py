@@ -137,13 +137,8 @@ def read_bands(path: Path, bands: int) -> tuple[np.ndarray, np.ndarray | None]:
     valid = None
     suffix = path.suffix.lower()
     if suffix == ARRAY_SUFFIX:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        if array.ndim == 2:
-            array = array[..., None]
-        if array.ndim != 3 or array.dtype.kind not in "uif":
-            raise ValueError(f"{path}: a .npy image must hold numbers shaped (H, W) or (H, W, bands), got "
-                             f"{array.dtype} {array.shape}")  # fmt: skip
-        array = np.array(array)  # out of the read-only map, once its header was found sane
+        array = _mapped_npy(path)
+        array = np.array(array[..., None] if array.ndim == 2 else array)  # out of the read-only map
     elif suffix in _GDAL_SUFFIXES and _has_rasterio():
         array, valid = _read_raster_bands(path)
     else:
@@ -173,8 +168,8 @@ def declared_size(path: Path) -> tuple[int, int]:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ARRAY_SUFFIX:
-        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-        return int(shape[0]), int(shape[1] if len(shape) > 1 else 1)
+        shape = _mapped_npy(path).shape
+        return int(shape[0]), int(shape[1])
     if suffix in _GDAL_SUFFIXES and _has_rasterio():
         import rasterio
 
@@ -187,6 +182,16 @@ def declared_size(path: Path) -> tuple[int, int]:
                 raise OSError(str(exc)) from None
     with Image.open(path) as im:
         return im.size[1], im.size[0]
+
+
+def _mapped_npy(path: Path) -> np.ndarray:
+    """The read-only memory map of a ``.npy`` image, refused unless its header says numbers shaped
+    ``(H, W)`` or ``(H, W, bands)``: nothing but the header is read yet."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.ndim not in (2, 3) or array.dtype.kind not in "uif":
+        raise ValueError(f"{path}: a .npy image must hold numbers shaped (H, W) or (H, W, bands), got "
+                         f"{array.dtype} {array.shape}")  # fmt: skip
+    return array
 
 
 def _sixteen_bit_colour_png(path: Path) -> bool:
