@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from semseg import __version__
 from semseg.cli import main
@@ -35,6 +36,28 @@ def test_bad_argument_value_names_the_argument(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "argument --epochs: expected a positive integer, got 'zero'" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["predict", "m.safetensors", "x.png", "--device", "cuda"], "argument --device: cuda: this machine has no CUDA device"),
+        (["evaluate", "m.safetensors", "--data", "camvid", "--device", "bogus"],
+         "argument --device: expected a device such as cpu, cuda or cuda:1, got 'bogus'"),
+        (["serve", "m.safetensors", "--device", "meta"], "argument --device: meta: semseg runs on cpu, cuda or mps"),
+        (["predict", "m.safetensors", "x.png", "--scales", "1,inf"], "scales must be positive and finite, got '1,inf'"),
+        (["evaluate", "m.safetensors", "--data", "camvid", "--scales", "nan"], "scales must be positive and finite"),
+        (["serve", "m.safetensors", "--max-upload-mb", "-1"], "argument --max-upload-mb: expected a positive number"),
+        (["serve", "m.safetensors", "--max-upload-mb", "inf"], "argument --max-upload-mb: expected a positive number"),
+    ],
+)
+def test_impossible_devices_scales_and_limits_are_usage_errors(capsys, argv, message):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_missing_command_is_a_usage_error(capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -37,6 +38,28 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has: ``cpu``, or ``cuda[:N]`` / ``mps`` where torch can use it."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got {text!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device torch can use (torch "
+                                             f"{torch.__version__}); use --device cpu")  # fmt: skip
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text}: semseg runs on cpu, cuda or mps, not {device.type}")
+    return text
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -184,8 +207,8 @@ def _scales(text: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated scales such as 0.75,1,1.25, got {text!r}") from None
-    if min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    if not all(0 < v < math.inf for v in values):
+        raise argparse.ArgumentTypeError(f"scales must be positive and finite, got {text!r}")
     return values
 
 
@@ -271,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scales", type=_scales, default=(1.0,), help="test-time scales, e.g. 0.5,0.75,1,1.25,1.5,1.75 "
                     "(times the checkpoint's input scale)")
     ev.add_argument("--input-scale", type=_input_scale_value, help=INPUT_SCALE_HELP)
-    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    ev.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
     ev.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
     ev.add_argument("--out", help="folder for metrics.json, per_class.md and confusion.png")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -304,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(times the checkpoint's input scale)")
     pr.add_argument("--input-scale", type=_input_scale_value, help=INPUT_SCALE_HELP)
     pr.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
-    pr.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
+    pr.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, ... (default: cpu)")
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=_cmd_predict)
 
@@ -330,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=_positive_int,
                     help="inference threads per worker, for every backend (default: cores / workers)")
     sv.add_argument("--backend", choices=BACKENDS, default="auto", help=BACKEND_HELP)
-    sv.add_argument("--device", default="cpu", help="cpu, cuda, ... (torch backend)")
-    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default: 20 MiB)")
+    sv.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, ... (torch backend)")
+    sv.add_argument("--max-upload-mb", type=_positive_float, default=20.0, help="largest request body (default: 20 MiB)")
     sv.add_argument("--max-pixels", type=_positive_int, default=25_000_000,
                     help="largest image, width x height (default: 25 megapixels)")
     sv.add_argument("--max-queue", type=_positive_int, default=32,

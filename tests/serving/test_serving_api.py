@@ -170,6 +170,8 @@ def test_bad_parameters_are_422(server, photo):
     assert error["code"] == "missing_classes" and "cat" in error["message"]
     error = error_of(segment(server, photo, output="cutout", classes="horse"), 422)
     assert error["code"] == "unknown_class" and "'horse'" in error["message"]
+    error = error_of(segment(server, photo, output="cutout", classes="\u00b2"), 422)  # a digit to isdigit, not to int: was 500
+    assert error["code"] == "unknown_class" and "'\u00b2'" in error["message"]
     error = error_of(segment(server, photo, output="cutout", classes=",,,"), 422)  # used to give an empty cut-out
     assert error["code"] == "missing_classes" and "',,,' names no class" in error["message"]
 

@@ -118,7 +118,7 @@ async def read_image_bytes(request: Request, limit: int, timeout: float) -> byte
     """The uploaded image: the ``image`` field of a multipart form, or the raw body; at most ``limit`` bytes,
     received within ``timeout`` seconds (408 otherwise, so a stalled client cannot hold a socket forever)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", f"the request body is {int(declared):,} bytes; the limit is "
                        f"{limit:,} bytes (semseg serve --max-upload-mb)")  # fmt: skip
     body = bytearray()
@@ -201,7 +201,7 @@ def cutout_ids(text: str | None, classes: list[str]) -> list[int]:
     for item in (part.strip() for part in text.split(",") if part.strip()):
         if item in classes:
             ids.append(classes.index(item))
-        elif item.isdigit() and int(item) < len(classes):
+        elif item.isascii() and item.isdigit() and int(item) < len(classes):
             ids.append(int(item))
         else:
             raise ApiError(422, "unknown_class", f"unknown class {item!r}; this model's classes: {', '.join(classes)}")
