@@ -13,6 +13,7 @@ from PIL import Image
 import semseg
 from semseg.cli import main
 from semseg.engine.checkpoint import save_weights
+from semseg.inference import Predictor
 
 CLASSES = ["background", "thing"]
 
@@ -395,3 +396,27 @@ def test_torchrun_shards_prediction_and_matches_one_process(tmp_path):
     b = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert b.pop("processes") == 2
     assert {**a, "out": None} == {**b, "out": None}
+
+
+def test_a_model_of_more_than_256_classes_gets_exact_16_bit_label_maps(tmp_path):
+    torch.manual_seed(0)
+    model = semseg.create_model("unet", num_classes=300, base_channels=4, depth=2).eval()
+    image = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with torch.no_grad():  # class 265 made to win about half the pixels
+        logits = model((torch.from_numpy(image).permute(2, 0, 1)[None] / 255 - 0.5) / 0.25)[0]
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 300][-1]
+        last.bias[265] += (logits.max(0).values - logits[265]).median()
+    classes, palette = [f"c{i}" for i in range(300)], [[i % 256, 0, 0] for i in range(300)]
+    checkpoint = save_weights(model, tmp_path / "m.safetensors", classes=classes, palette=palette,
+                              mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+    Image.fromarray(image).save(tmp_path / "x.png")
+    predictor = Predictor.from_checkpoint(checkpoint, backend="torch")
+    labels, probs = predictor(image, return_probs=True)
+    assert labels.dtype == np.uint16 and np.array_equal(labels, probs.argmax(0))
+    assert np.array_equal(predictor(image), labels) and labels.max() > 255  # ids past 8 bits, not wrapped
+    assert main(["predict", str(checkpoint), str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    with Image.open(tmp_path / "o" / "masks" / "x.png") as mask:
+        assert np.array_equal(np.array(mask), labels)
+    overlay = np.asarray(Image.open(tmp_path / "o" / "overlays" / "x.png"))
+    red = np.array(palette)[labels][..., 0]
+    assert np.abs(overlay[..., 0].astype(int) - np.round(0.5 * image[..., 0] + 0.5 * red)).max() <= 1

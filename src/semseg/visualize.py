@@ -12,10 +12,16 @@ from PIL import Image
 def palette_image(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:
     """A mode-"P" PIL image of the label map ``mask`` (H, W): pixel values are the class ids.
 
-    Viewers show the palette colours, while reading the PNG back gives the ids exactly.
+    Viewers show the palette colours, while reading the PNG back gives the ids exactly. A palette
+    image holds 256 colours, so for more classes than that (``palette`` longer than 256) it is a
+    16-bit grey image instead: the ids still exact, without colours.
     """
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    if len(palette) > 256:
+        if mask.size and (mask.min() < 0 or mask.max() > 65535):
+            raise ValueError(f"mask values must lie in 0..65535 for a 16-bit PNG, got {mask.min()}..{mask.max()}")
+        return Image.fromarray(mask.astype(np.uint16))
     if mask.size and (mask.min() < 0 or mask.max() > 255):
         raise ValueError(f"mask values must lie in 0..255 for a palette PNG, got {mask.min()}..{mask.max()}")
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
@@ -26,9 +32,10 @@ def palette_image(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.I
 
 def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_colour: Sequence[int] = (255, 255, 255)) -> np.ndarray:
     """RGB (H, W, 3) uint8 rendering of a label map; ids without a palette entry get ``ignore_colour``."""
-    lut = np.tile(np.asarray(ignore_colour, dtype=np.uint8), (256, 1))
+    ids = mask if mask.dtype == np.uint8 else mask.astype(np.intp)
+    lut = np.tile(np.asarray(ignore_colour, dtype=np.uint8), (max(256, len(palette), int(ids.max(initial=0)) + 1), 1))
     lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut[mask.astype(np.uint8)]
+    return lut[ids]
 
 
 def side_by_side(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:

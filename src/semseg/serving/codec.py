@@ -65,7 +65,8 @@ def rle_encode(mask: np.ndarray) -> dict:
 
 def rle_decode(rle: dict) -> np.ndarray:
     """Inverse of :func:`rle_encode` (clients and tests use it)."""
-    values = np.repeat(np.asarray(rle["values"], dtype=np.uint8), np.asarray(rle["lengths"], dtype=np.int64))
+    dtype = np.uint8 if max(rle["values"], default=0) <= 255 else np.uint16  # as Predictor's label maps
+    values = np.repeat(np.asarray(rle["values"], dtype=dtype), np.asarray(rle["lengths"], dtype=np.int64))
     return values.reshape(rle["size"])
 
 
