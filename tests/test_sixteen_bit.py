@@ -46,3 +46,14 @@ def test_twelve_bit_data_in_16_bits_is_said_loudly(tmp_path):
         read_image(path)
     with pytest.warns(UserWarning, match="micro.png: 16-bit image"):
         to_rgb_array(path)
+
+
+def test_32_bit_integers_beyond_16_bits_are_refused_not_clipped(tmp_path):
+    path = tmp_path / "counts.tif"
+    Image.fromarray(np.array([[0, 70000], [5, 1_000_000]] * 8, dtype=np.int32)).save(path)
+    assert Image.open(path).mode == "I"
+    with pytest.raises(ValueError, match=r"counts.tif: a 32-bit integer image with values 0..1000000, beyond 16 bits"):
+        to_rgb_array(path)
+    small = tmp_path / "small.tif"  # 32-bit storage of values that fit 16 bits: scaled as 16-bit data
+    Image.fromarray(np.array([[0, 65535]] * 8, dtype=np.int32)).save(small)
+    assert to_rgb_array(small)[0].tolist() == [[0, 0, 0], [255, 255, 255]]

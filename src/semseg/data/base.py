@@ -99,6 +99,10 @@ def rgb_array(im: Image.Image, source: str = "image") -> np.ndarray:
     """
     if im.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(im)
+        if values.size and (int(values.min()) < 0 or int(values.max()) > 65535):  # mode I: 32-bit integers
+            raise ValueError(f"{source}: a 32-bit integer image with values {int(values.min())}..{int(values.max())}, "
+                             "beyond 16 bits: it is read at full precision only (bands: 1 in the dataset "
+                             "description), or save it as 8- or 16-bit")  # fmt: skip
         if values.size and int(values.max()) < 4096:
             warnings.warn(f"{source}: 16-bit image whose values stay below {int(values.max()) + 1} (of 65536): scaled "
                           "to 8 bits it is nearly black; rescale it to 8 bits or to the full 16-bit range first, "
