@@ -51,6 +51,11 @@ def test_file_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path / "bad.yaml", "optim: [\n"))
+    (tmp_path / "latin1.yaml").write_bytes("data: {classes: [caf\u00e9]}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml is not valid YAML: unacceptable character"):
+        load_config(tmp_path / "latin1.yaml")
+    (tmp_path / "utf16.yaml").write_bytes("epochs: 2\n".encode("utf-16"))  # what PowerShell's > writes
+    assert load_config(tmp_path / "utf16.yaml").epochs == 2
     write(tmp_path / "a.yaml", "epochs: 2\n")
     write(tmp_path / "b.yaml", "base: a.yaml\n")
     with pytest.raises(ConfigError, match="one level of base"):

@@ -83,6 +83,15 @@ def test_errors_name_the_file_and_key(tmp_path, body, message):
     assert str(yml) in str(info.value)
 
 
+def test_utf16_descriptions_are_read_and_other_encodings_named(tmp_path):
+    body = "classes: [caf\u00e9, road]\nsplits: {t: {images: i, masks: m}}\n"
+    (tmp_path / "utf16.yaml").write_bytes(body.encode("utf-16"))  # PowerShell's > writes UTF-16
+    assert load_description(tmp_path / "utf16.yaml").classes[0] == "caf\u00e9"
+    (tmp_path / "latin1.yaml").write_bytes(body.encode("latin-1"))
+    with pytest.raises(DescriptionError, match=r"latin1.yaml is not valid YAML: unacceptable character"):
+        load_description(tmp_path / "latin1.yaml")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DescriptionError, match="does not exist"):
         load_description(tmp_path / "nope.yaml")

@@ -149,7 +149,7 @@ def load_description(path: str | Path) -> DatasetDescription:
     if not path.is_file():
         raise DescriptionError(f"dataset description {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes())  # bytes: PyYAML reads UTF-8 and, by their BOM, UTF-16 files
     except yaml.YAMLError as exc:
         raise DescriptionError(f"{path} is not valid YAML: {exc}") from None
     return parse_description(raw, base=path.parent, source=path)
