@@ -185,6 +185,8 @@ def test_bad_inputs_are_explained(tmp_path):
         to_rgb_array(np.zeros((4, 4, 3), dtype=np.float32))
     with pytest.raises(ValueError, match=r"\(3, H, W\)"):
         to_rgb_array(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="a tensor image must be float in \\[0, 1\\] or uint8, got torch.int64"):
+        to_rgb_array(torch.tensor([[[300, 1000]]] * 3))  # was wrapped modulo 256 to 44 and 232
     with pytest.raises(ValueError, match="tile must be at least 32"):
         pointwise_predictor(tile=16)
     with pytest.raises(ValueError, match="max_whole_pixels must be at least 1024"):

@@ -107,7 +107,9 @@ def to_rgb_array(image: ImageLike, *, max_pixels: int | None = None) -> np.ndarr
         if image.ndim != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"a tensor image must be (3, H, W) or (1, H, W), got {tuple(image.shape)}")
         array = image.detach().cpu()
-        array = (array.clamp(0, 1) * 255).round().byte() if array.is_floating_point() else array.byte()
+        if not array.is_floating_point() and array.dtype != torch.uint8:
+            raise ValueError(f"a tensor image must be float in [0, 1] or uint8, got {array.dtype}; scale it first")
+        array = (array.clamp(0, 1) * 255).round().byte() if array.is_floating_point() else array
         image = array.permute(1, 2, 0).numpy()
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
