@@ -248,8 +248,20 @@ def test_video_output_never_overwrites_its_input(checkpoint, tmp_path, capsys):
     clip = _write_video(tmp_path / "out" / "videos" / "clip.mp4", "mp4v")
     before = clip.read_bytes()
     assert main(["predict", str(checkpoint), str(clip), "--out", str(tmp_path / "out"), "--quiet"]) == 1
-    assert "refusing to overwrite the input" in capsys.readouterr().err
+    assert f"refusing to write outputs into {tmp_path / 'out' / 'videos'}, which holds the input" in capsys.readouterr().err
     assert clip.read_bytes() == before
+
+
+def test_inputs_inside_an_output_folder_are_refused_before_anything_is_written(checkpoint, tmp_path, capsys):
+    (tmp_path / "out" / "overlays").mkdir(parents=True)
+    for name in ("a", "bw"):
+        Image.new("RGB", (40, 40), (9, 99, 199)).save(tmp_path / "out" / "overlays" / f"{name}.png")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out" / "overlays").iterdir()}
+    assert main(["predict", str(checkpoint), str(tmp_path / "out" / "overlays"), "--out", str(tmp_path / "out"),
+                 "--quiet", "--backend", "torch"]) == 1  # fmt: skip
+    assert "which holds the input" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["overlays"]  # no masks/ of the first image
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "overlays").iterdir()} == before
 
 
 def test_probs_are_float16_class_probabilities_matching_the_mask(checkpoint, images, tmp_path):

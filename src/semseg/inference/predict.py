@@ -27,6 +27,7 @@ from semseg.visualize import cutout, overlay, palette_image
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 VIDEO_HINT = 'reading videos needs OpenCV: pip install "semseg[video]"'
+OUTPUT_FOLDERS = ("masks", "overlays", "cutouts", "probs", "videos")  # what predict writes into, under --out
 MAX_PIXELS = 100_000_000  # the default --max-pixels: 10,000 x 10,000 (larger images are refused from their header)
 
 
@@ -96,6 +97,11 @@ def predict_files(
         raise ValueError(f"--cutout needs an RGB image to cut from; this model reads {predictor.bands} band(s) at "
                          "full precision, so it writes masks (and --probs) only")  # fmt: skip
     files, missing = expand_inputs(inputs, arrays=predictor.bands is not None)
+    folders = {(out / folder).resolve() for folder in OUTPUT_FOLDERS}
+    inside = next((p for p in files if p.resolve().parent in folders), None)
+    if inside is not None:  # checked before anything is written: an input is never overwritten or mixed with outputs
+        raise ValueError(f"refusing to write outputs into {inside.parent}, which holds the input {inside}; "
+                         "choose another --out")  # fmt: skip
     failed = {} if rank else {item: "no such file, folder or matching image or video" for item in missing}
     # Output names over every input, so that each process names its share as one process would.
     names = output_names([p for p in files if not is_video(p)])
@@ -203,9 +209,9 @@ def _predict_raster_part(predictor: Predictor, path: Path, out: Path, name: str,
     written: list[tuple[Path, Path | None]] = []
     why, fatal = None, None
     try:
-        _target(out, "masks", f"{name}.tif", path)  # refuses to overwrite the input, before any work
+        _target(out, "masks", f"{name}.tif")  # the folders the parts are written into
         if probs:
-            _target(out, "probs", f"{name}.tif", path)
+            _target(out, "probs", f"{name}.tif")
         with import_rasterio().open(path) as src:
             bands = predictor.row_bands(src.height, src.width)
         shares = np.array_split(np.arange(len(bands)), world_size)
@@ -256,11 +262,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
 
 
-def _target(out: Path, folder: str, filename: str, source: Path) -> Path:
-    """``out/folder/filename``, its folder created; never the input itself."""
+def _target(out: Path, folder: str, filename: str) -> Path:
+    """``out/folder/filename``, its folder created (:func:`predict_files` made sure no input lies in it)."""
     target = out / folder / filename
-    if target.resolve() == source.resolve():
-        raise ValueError(f"refusing to overwrite the input {source}; choose another --out")
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
 
@@ -268,8 +272,8 @@ def _target(out: Path, folder: str, filename: str, source: Path) -> Path:
 def _predict_raster(predictor: Predictor, path: Path, out: Path, name: str, *, probs: bool) -> None:
     """Stream the GeoTIFF ``path`` to ``masks/<name>.tif`` (and ``probs/<name>.tif``): the whole image is
     never in memory, so there are no overlays or cut-outs."""
-    probs_target = _target(out, "probs", f"{name}.tif", path) if probs else None
-    predict_raster(predictor, path, _target(out, "masks", f"{name}.tif", path), probs_target=probs_target)
+    probs_target = _target(out, "probs", f"{name}.tif") if probs else None
+    predict_raster(predictor, path, _target(out, "masks", f"{name}.tif"), probs_target=probs_target)
 
 
 def _predict_image(
@@ -280,7 +284,7 @@ def _predict_image(
     if probs:
         mask, probabilities = predictor(image, return_probs=True)
         # float16 halves the file size; class probabilities need no more than ~3 significant digits
-        np.save(_target(out, "probs", f"{name}.npy", path), probabilities.astype(np.float16))
+        np.save(_target(out, "probs", f"{name}.npy"), probabilities.astype(np.float16))
     else:
         mask = predictor(image)
     pictures = {"masks": palette_image(mask, predictor.palette)}
@@ -289,7 +293,7 @@ def _predict_image(
     if keep:
         pictures["cutouts"] = cutout(image, mask, keep)
     for folder, picture in pictures.items():
-        picture.save(_target(out, folder, f"{name}.png", path))
+        picture.save(_target(out, folder, f"{name}.png"))
 
 
 def predict_videos(
@@ -309,7 +313,7 @@ def predict_videos(
             failed[str(path)] = f"videos are RGB; this model reads {predictor.bands} band(s) at full precision"
             continue
         suffix = ".avi" if path.suffix.lower() == ".avi" else ".mp4"
-        target = _target(out, "videos", name + suffix, path)
+        target = _target(out, "videos", name + suffix)
         try:
             frames, seconds = segment_video(predictor, path, target, progress=progress)
         except (ImportError, ValueError) as exc:
