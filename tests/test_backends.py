@@ -181,10 +181,10 @@ FORGERIES = [
 ]
 
 
-@needs_openvino
-@needs_onnxruntime
+@pytest.mark.parametrize("backend", [pytest.param("onnxruntime", marks=needs_onnxruntime),
+                                     pytest.param("openvino", marks=needs_openvino)])  # fmt: skip
 @pytest.mark.parametrize(("forged", "message"), FORGERIES)
-def test_forged_metadata_of_exported_files_is_refused_naming_the_file(checkpoint, tmp_path, forged, message):
+def test_forged_metadata_of_exported_files_is_refused_naming_the_file(checkpoint, tmp_path, forged, message, backend):
     import onnx
 
     assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
@@ -192,9 +192,8 @@ def test_forged_metadata_of_exported_files_is_refused_naming_the_file(checkpoint
     for prop in proto.metadata_props:
         prop.value = forged.get(prop.key.removeprefix("semseg."), prop.value)
     onnx.save(proto, str(tmp_path / "forged.onnx"))
-    for backend in ("onnxruntime", "openvino"):
-        with pytest.raises(ValueError, match=rf"forged\.onnx: {message}"):
-            Predictor.from_checkpoint(tmp_path / "forged.onnx", backend=backend)
+    with pytest.raises(ValueError, match=rf"forged\.onnx: {message}"):
+        Predictor.from_checkpoint(tmp_path / "forged.onnx", backend=backend)
 
 
 @needs_openvino

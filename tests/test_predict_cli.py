@@ -262,6 +262,13 @@ def test_inputs_inside_an_output_folder_are_refused_before_anything_is_written(c
     assert "which holds the input" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["overlays"]  # no masks/ of the first image
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "overlays").iterdir()} == before
+    (tmp_path / "out" / "masks").mkdir()
+    (tmp_path / "elsewhere.png").write_bytes(before["a.png"])
+    (tmp_path / "out" / "masks" / "elsewhere.png").symlink_to(tmp_path / "elsewhere.png")  # its mask would write through
+    assert main(["predict", str(checkpoint), str(tmp_path / "out" / "masks" / "elsewhere.png"), "--out",
+                 str(tmp_path / "out"), "--quiet", "--backend", "torch"]) == 1  # fmt: skip
+    assert "which holds the input" in capsys.readouterr().err
+    assert (tmp_path / "elsewhere.png").read_bytes() == before["a.png"]
 
 
 def test_probs_are_float16_class_probabilities_matching_the_mask(checkpoint, images, tmp_path):

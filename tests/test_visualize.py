@@ -31,6 +31,20 @@ def test_colorize_and_side_by_side():
     assert panel.size == (2 * 3 + 4 * 2, 2)
 
 
+def test_label_maps_of_many_classes_and_stray_ids(tmp_path):
+    long_palette = [(i % 256, 7, 0) for i in range(300)]  # a palette may list more colours than a mask uses
+    palette_image(np.array([[0, 5]], np.uint8), long_palette).save(tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as back:
+        assert back.mode == "P" and np.array(back.convert("RGB"))[0, 1].tolist() == [5, 7, 0]
+    wide = np.array([[0, 299], [65535, 256]], np.uint16)  # the label maps of a model of > 256 classes
+    palette_image(wide, long_palette).save(tmp_path / "w.png")
+    with Image.open(tmp_path / "w.png") as back:
+        assert np.array_equal(np.array(back), wide)
+    assert colorize(wide, long_palette).tolist() == [[[0, 7, 0], [43, 7, 0]], [[255, 255, 255], [0, 7, 0]]]
+    stray = np.array([[-1, 10**12], [2, 3]], np.int64)  # ids no class has: the ignore colour, no huge table
+    assert colorize(stray, PALETTE).tolist() == [[[255, 255, 255]] * 2, [[0, 255, 0], [255, 255, 255]]]
+
+
 def test_plot_curves_writes_a_png(tmp_path):
     path = plot_curves([{"epoch": 1, "loss": 1.0, "mIoU": 0.2}, {"epoch": 2, "loss": 0.5, "mIoU": 0.4}], tmp_path / "c.png")
     with Image.open(path) as image:

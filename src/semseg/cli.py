@@ -41,24 +41,26 @@ def _positive_float(text: str) -> float:
 
 
 def _device(text: str) -> str:
-    """A torch device this machine has: ``cpu``, or ``cuda[:N]`` / ``mps`` where torch can use it."""
+    """A torch device this machine has: ``cpu``, or an accelerator (``cuda[:N]``, ``mps``, ``xpu``, ...)
+    whose torch module says it is available, with that many devices."""
     import torch
 
     try:
         device = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got {text!r}") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA device torch can use (torch "
-                                             f"{torch.__version__}); use --device cpu")  # fmt: skip
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: MPS is not available on this machine; use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"{text}: semseg runs on cpu, cuda or mps, not {device.type}")
+    if device.type == "cpu":
+        return text
+    accelerator = getattr(torch, device.type, None)
+    if accelerator is None or not hasattr(accelerator, "is_available"):
+        raise argparse.ArgumentTypeError(f"{text}: not a device semseg can run on; use cpu, cuda, mps, xpu, ...")
+    count = accelerator.device_count() if accelerator.is_available() else 0
+    if count == 0:
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no {device.type.upper()} device torch "
+                                         f"{torch.__version__} can use; use --device cpu")  # fmt: skip
+    if device.index is not None and device.index >= count:
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {count} {device.type.upper()} device(s), "
+                                         f"{device.type}:0 to {device.type}:{count - 1}")  # fmt: skip
     return text
 
 

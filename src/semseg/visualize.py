@@ -13,29 +13,30 @@ def palette_image(mask: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.I
     """A mode-"P" PIL image of the label map ``mask`` (H, W): pixel values are the class ids.
 
     Viewers show the palette colours, while reading the PNG back gives the ids exactly. A palette
-    image holds 256 colours, so for more classes than that (``palette`` longer than 256) it is a
-    16-bit grey image instead: the ids still exact, without colours.
+    image holds 256 colours, so a uint16 ``mask`` (the label maps of a model of more than 256
+    classes) becomes a 16-bit grey image instead: the ids still exact, without colours.
     """
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    if len(palette) > 256:
-        if mask.size and (mask.min() < 0 or mask.max() > 65535):
-            raise ValueError(f"mask values must lie in 0..65535 for a 16-bit PNG, got {mask.min()}..{mask.max()}")
-        return Image.fromarray(mask.astype(np.uint16))
+    if mask.dtype == np.uint16:
+        return Image.fromarray(mask)
     if mask.size and (mask.min() < 0 or mask.max() > 255):
         raise ValueError(f"mask values must lie in 0..255 for a palette PNG, got {mask.min()}..{mask.max()}")
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    flat = [c for colour in palette for c in colour]
+    flat = [c for colour in palette[:256] for c in colour]
     image.putpalette(flat + [0] * (768 - len(flat)))
     return image
 
 
 def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_colour: Sequence[int] = (255, 255, 255)) -> np.ndarray:
     """RGB (H, W, 3) uint8 rendering of a label map; ids without a palette entry get ``ignore_colour``."""
-    ids = mask if mask.dtype == np.uint8 else mask.astype(np.intp)
-    lut = np.tile(np.asarray(ignore_colour, dtype=np.uint8), (max(256, len(palette), int(ids.max(initial=0)) + 1), 1))
+    size = max(256, len(palette))  # one row per id a uint8 mask can hold, or per class; then the ignore row
+    lut = np.tile(np.asarray(ignore_colour, dtype=np.uint8), (size + 1, 1))
     lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut[ids]
+    if mask.dtype == np.uint8:
+        return lut[mask]
+    ids = mask.astype(np.intp)
+    return lut[np.where((ids < 0) | (ids > size), size, ids)]
 
 
 def side_by_side(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: Sequence[Sequence[int]]) -> Image.Image:

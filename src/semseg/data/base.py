@@ -99,12 +99,13 @@ def rgb_array(im: Image.Image, source: str = "image") -> np.ndarray:
     """
     if im.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(im)
-        if values.size and (int(values.min()) < 0 or int(values.max()) > 65535):  # mode I: 32-bit integers
-            raise ValueError(f"{source}: a 32-bit integer image with values {int(values.min())}..{int(values.max())}, "
-                             "beyond 16 bits: it is read at full precision only (bands: 1 in the dataset "
-                             "description), or save it as 8- or 16-bit")  # fmt: skip
-        if values.size and int(values.max()) < 4096:
-            warnings.warn(f"{source}: 16-bit image whose values stay below {int(values.max()) + 1} (of 65536): scaled "
+        lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 65535)
+        if lo < 0 or hi > 65535:  # mode I holds signed 32-bit integers (signed 16-bit TIFFs open as I too)
+            raise ValueError(f"{source}: integer values {lo}..{hi}, outside the 0..65535 that is scaled to 8 bits: "
+                             "such an image is read at full precision only (bands: 1 in the dataset description), "
+                             "or save it as unsigned 8- or 16-bit")  # fmt: skip
+        if hi < 4096:
+            warnings.warn(f"{source}: 16-bit image whose values stay below {hi + 1} (of 65536): scaled "
                           "to 8 bits it is nearly black; rescale it to 8 bits or to the full 16-bit range first, "
                           "or read it at full precision (bands: 1 in the dataset description)",
                           stacklevel=2)  # fmt: skip

@@ -178,7 +178,8 @@ class OnnxRuntimeModel(Backend):
                              "write one with `semseg export --format onnx`") from None  # fmt: skip
         props = self.session.get_modelmeta().custom_metadata_map
         found = {k.removeprefix("semseg."): v for k, v in props.items() if k.startswith("semseg.")}
-        self.metadata = exported_metadata(found, path, self.session.get_outputs()[0].shape[1])
+        shape = self.session.get_outputs()[0].shape
+        self.metadata = exported_metadata(found, path, shape[1] if len(shape) >= 2 else None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"image": x.detach().cpu().numpy()})[0])
@@ -237,8 +238,9 @@ def openvino_metadata(model: Any, path: str | Path) -> dict[str, Any]:
             if model.has_rt_info(where):
                 found[key] = model.get_rt_info(where).astype(str)
                 break
-    channels = model.output(0).get_partial_shape()[1]
-    return exported_metadata(found, path, channels.get_length() if channels.is_static else None)
+    shape = model.output(0).get_partial_shape()
+    ranked = shape.rank.is_static and shape.rank.get_length() >= 2 and shape[1].is_static
+    return exported_metadata(found, path, shape[1].get_length() if ranked else None)
 
 
 def exported_metadata(raw: dict[str, str], path: str | Path, outputs: Any) -> dict[str, Any]:

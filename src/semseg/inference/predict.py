@@ -98,7 +98,7 @@ def predict_files(
                          "full precision, so it writes masks (and --probs) only")  # fmt: skip
     files, missing = expand_inputs(inputs, arrays=predictor.bands is not None)
     folders = {(out / folder).resolve() for folder in OUTPUT_FOLDERS}
-    inside = next((p for p in files if p.resolve().parent in folders), None)
+    inside = next((p for p in files if {p.parent.resolve(), p.resolve().parent} & folders), None)  # link or target
     if inside is not None:  # checked before anything is written: an input is never overwritten or mixed with outputs
         raise ValueError(f"refusing to write outputs into {inside.parent}, which holds the input {inside}; "
                          "choose another --out")  # fmt: skip
