@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from semseg.cli import main
 from semseg.config import ConfigError, load_config
 from semseg.engine.checkpoint import load_model, read_metadata, save_weights, sha256
-from semseg.engine.trainer import fit
+from semseg.engine.trainer import _wall_time, fit
 
 RECIPE = """
 model:
@@ -75,8 +75,11 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path,
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    logged = [json.loads(line)["epoch"] for line in (split / "log.jsonl").read_text().splitlines()]
-    assert logged == [1, 2, 3, 4]
+    records = [json.loads(line) for line in (split / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert all(r["epoch_s"] > 0 for r in records)  # the run's wall time adds up across the resume
+    assert [r["train_time_s"] for r in records] == pytest.approx(
+        [sum(r["epoch_s"] for r in records[: i + 1]) for i in range(4)], rel=1e-9)
     if ema:  # the average and the weights it averages both continue exactly
         trained = [torch.load(run / "last.state.pt", weights_only=True)["ema"] for run in (straight, split)]
         assert trained[0]["steps"] == trained[1]["steps"] == 16  # 4 epochs of 4 steps
@@ -84,6 +87,12 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(recipe, tmp_path,
             assert torch.equal(value, trained[1]["trained_weights"][key]), key
             if value.is_floating_point() and value.numel() > 1:
                 assert not torch.equal(value, a[key]), key  # the checkpoint holds the average, not these
+
+
+def test_the_total_train_time_is_unknown_after_a_record_without_one():
+    """A run resumed from a version that logged no epoch times has no honest total; it says so."""
+    assert _wall_time([{"epoch": 1, "epoch_s": 2.0}], 3.0) == {"epoch_s": 3.0, "train_time_s": 5.0}
+    assert _wall_time([{"epoch": 1}, {"epoch": 2, "epoch_s": 2.0}], 3.0) == {"epoch_s": 3.0, "train_time_s": None}
 
 
 def test_ema_checkpoints_hold_the_validated_average_and_resume_refuses_another_setting(recipe, tmp_path):
@@ -151,7 +160,8 @@ def test_tensorboard_holds_the_jsonl_log_and_is_closed_when_a_run_stops_early(re
     expected: dict[str, list[float]] = {}
     for record in log:
         values = {"train/loss": record["train_loss"], "train/lr": record["lr"],
-                  "train/images_per_s": record["images_per_s"], "train/skipped_batches": record["skipped_batches"]}
+                  "train/images_per_s": record["images_per_s"], "train/skipped_batches": record["skipped_batches"],
+                  "train/epoch_s": record["epoch_s"]}
         for key, value in record["val"].items():
             if key in groups:
                 values.update({f"{groups[key]}/{name}": v for name, v in value.items()})

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,7 @@ def _fit(
     # Closed (so flushed) however the loop ends: finished, stop_after, or an exception.
     with _open_tensorboard(summary_writer, out, dist) as tensorboard:
         for epoch in range(start_epoch, end_epoch):
+            started = time.perf_counter()
             sampler.set_epoch(epoch)
             loader_rng.manual_seed(config.seed * 100_003 + epoch)
             transform = getattr(data.train, "transform", None)
@@ -158,6 +160,7 @@ def _fit(
                       "skipped_batches": stats["skipped"]}  # fmt: skip
             if distiller is not None:  # part of train_loss, also logged alone to tune distill.weight by
                 record["distill_loss"] = stats["distill_loss"]
+            record.update(_wall_time(history, time.perf_counter() - started))
             history.append(record)
             if dist.is_main:
                 _log(out, {**record, "val": metrics}, tensorboard)
@@ -371,12 +374,26 @@ def _tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
     scalars = {f"train/{tag}": record[key] for tag, key in train.items()}
     if "distill_loss" in record:  # distillation runs only
         scalars["train/distill_loss"] = record["distill_loss"]
+    if record.get("epoch_s") is not None:
+        scalars["train/epoch_s"] = record["epoch_s"]
     for key, value in record["val"].items():
         if isinstance(value, dict):
             scalars.update({f"val_{key.removeprefix('per_class_')}/{name}": v for name, v in value.items()})
         else:
             scalars[f"val/{key}"] = value
     return scalars
+
+
+def _wall_time(history: list[dict[str, Any]], epoch_s: float) -> dict[str, float | None]:
+    """This epoch's wall seconds (training and validation) and the run's total over every committed epoch.
+
+    The total adds up across ``--resume``, so a recipe's "fits in N hours" is read off the last
+    record; it is ``None`` once any earlier record lacks it (logged by a version without it).
+    Time lost to an epoch that a crash cut short is not in it.
+    """
+    earlier = [h.get("epoch_s") for h in history]
+    total = None if None in earlier else sum(earlier) + epoch_s
+    return {"epoch_s": epoch_s, "train_time_s": total}
 
 
 def _log(out: Path, record: dict[str, Any], tensorboard: Any = None) -> None:
@@ -390,4 +407,12 @@ def _log(out: Path, record: dict[str, Any], tensorboard: Any = None) -> None:
         tensorboard.flush()  # a live TensorBoard sees each epoch as it ends; a killed run keeps it
     val = "-" if record["val_mIoU"] is None else f"{record['val_mIoU']:.4f}"
     print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}  val mIoU {val}  "
-          f"lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s", flush=True)
+          f"lr {record['lr']:.2e}  {record['images_per_s']:.1f} img/s{_minutes(record)}", flush=True)
+
+
+def _minutes(record: dict[str, Any]) -> str:
+    """`` 2.1 min (total 63 min)``: the epoch's wall time and the run's so far, where logged."""
+    if record.get("epoch_s") is None:
+        return ""
+    total = record.get("train_time_s")
+    return f"  {record['epoch_s'] / 60:.1f} min" + ("" if total is None else f" (total {total / 60:.0f} min)")
