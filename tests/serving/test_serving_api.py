@@ -126,6 +126,19 @@ def test_truncated_png_is_400(server, photo):
     assert error["code"] == "corrupt_image" and "PNG" in error["message"]
 
 
+@pytest.mark.parametrize(("pixels", "said"), [
+    (np.array([[0, 70000], [5, 1_000_000]] * 8, dtype=np.int32), "integer values 0..1000000, outside the 0..65535"),
+    (np.full((16, 2), 0.5, dtype=np.float32), "floating-point samples (mode F)"),
+])
+def test_an_image_without_an_8_bit_reading_is_400_with_advice_for_the_server(server, pixels, said):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="TIFF")
+    error = error_of(post_raw(server, buffer.getvalue(), "image/tiff"), 400)
+    assert error["code"] == "unsupported_image"
+    assert error["message"].startswith(f"the TIFF upload has {said}")
+    assert "save it as unsigned 8- or 16-bit" in error["message"] and "dataset" not in error["message"]
+
+
 def test_empty_body_is_400(server):
     assert error_of(post_raw(server, b""), 400)["code"] == "empty_image"
 

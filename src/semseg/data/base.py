@@ -36,6 +36,18 @@ _MAX_LISTED = 10
 Transform = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
+class UnsupportedImage(ValueError):
+    """An image whose samples have no faithful 8-bit RGB reading (floats, integers beyond 16 bits).
+
+    ``what`` names the file and its values; the message adds the fix for a dataset or a
+    model that reads full-precision bands. Callers with another fix (the HTTP server) use ``what``.
+    """
+
+    def __init__(self, what: str, fix: str) -> None:
+        super().__init__(f"{what}: {fix}")
+        self.what = what
+
+
 class DataError(ValueError):
     """A dataset file cannot be used; the message is one line naming the file and the fix.
 
@@ -101,9 +113,9 @@ def rgb_array(im: Image.Image, source: str = "image") -> np.ndarray:
         values = np.asarray(im)
         lo, hi = (int(values.min()), int(values.max())) if values.size else (0, 65535)
         if lo < 0 or hi > 65535:  # mode I holds signed 32-bit integers (signed 16-bit TIFFs open as I too)
-            raise ValueError(f"{source}: integer values {lo}..{hi}, outside the 0..65535 that is scaled to 8 bits: "
-                             "such an image is read at full precision only (bands: 1 in the dataset description), "
-                             "or save it as unsigned 8- or 16-bit")  # fmt: skip
+            raise UnsupportedImage(f"{source}: integer values {lo}..{hi}, outside the 0..65535 that is scaled to 8 bits",
+                                   "such an image is read at full precision only (bands: 1 in the dataset description), "
+                                   "or save it as unsigned 8- or 16-bit")  # fmt: skip
         if hi < 4096:
             warnings.warn(f"{source}: 16-bit image whose values stay below {hi + 1} (of 65536): scaled "
                           "to 8 bits it is nearly black; rescale it to 8 bits or to the full 16-bit range first, "
@@ -112,8 +124,9 @@ def rgb_array(im: Image.Image, source: str = "image") -> np.ndarray:
         grey = np.clip(np.rint(values.astype(np.float32) / 257.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if im.mode == "F":
-        raise ValueError(f"{source}: a floating-point image (mode F) is read at full precision only: set bands: 1 "
-                         "in the dataset description (and train a model on it), or save it as 8- or 16-bit")  # fmt: skip
+        raise UnsupportedImage(f"{source}: floating-point samples (mode F), read at full precision only",
+                               "set bands: 1 in the dataset description (and train a model on it), "
+                               "or save it as 8- or 16-bit")  # fmt: skip
     return np.asarray(im.convert("RGB")).copy()
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from semseg.data.base import UnsupportedImage
 from semseg.inference.predictor import ImageTooLarge, open_image, rgb_from_pil
 
 
@@ -41,6 +42,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
                        "(PNG, JPEG, BMP, TIFF, WebP, GIF)") from None  # fmt: skip
     try:
         return rgb_from_pil(image)
+    except UnsupportedImage as exc:
+        raise ApiError(400, "unsupported_image", f"the {image.format} upload has {exc.what.removeprefix('image: ')}; this server takes 8- or "
+                       "16-bit images (grey, RGB, RGBA, palette): save it as unsigned 8- or 16-bit") from None  # fmt: skip
     except (OSError, ValueError, SyntaxError) as exc:
         raise ApiError(400, "corrupt_image", f"the {image.format} image could not be decoded: {exc}") from None
 
