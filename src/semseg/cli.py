@@ -8,6 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from semseg import __version__
 from semseg.demo import DemoConfig, run_demo
@@ -81,9 +82,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     keep_freed_memory()
     result = fit(config, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after,
                  progress=not args.quiet)
-    if result["history"]:
-        print(f"val mIoU {result['mIoU']:.4f} (best {result['best_mIoU']:.4f}); checkpoints in {config.out}/")
+    print(_train_summary(result, config.epochs, config.out))
     return 0
+
+
+def _train_summary(result: dict[str, Any], epochs: int, out: str) -> str:
+    """The line ``semseg train`` ends with: the last score, or where the run stands when it has none."""
+    done = result["history"][-1]["epoch"] if result["history"] else 0
+    best = f"best val mIoU {result['best_mIoU']:.4f}" if math.isfinite(result["best_mIoU"]) else "not validated yet"
+    if not result["epochs_run"]:
+        return f"{out}/ already holds {done} epochs of the recipe's {epochs} ({best}); nothing to train: raise --epochs to go on"
+    if "mIoU" not in result:  # stopped (--stop-after) after an epoch without validation
+        return f"stopped after epoch {done} of {epochs} ({best}); --resume continues it; checkpoints in {out}/"
+    return f"val mIoU {result['mIoU']:.4f} (best {result['best_mIoU']:.4f}); checkpoints in {out}/"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -412,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = extra
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, OSError, FloatingPointError) as exc:  # OSError: a file in a folder's place, ...
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"semseg {args.command}: error: {message}", file=sys.stderr)
         return 1

@@ -129,8 +129,24 @@ class TrainConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be > 0, got {value}")
-        if self.data.workers < 0:
-            raise ConfigError(f"data.workers must be >= 0, got {self.data.workers}")
+        at_least_zero = {"data.workers": self.data.workers, "optim.weight_decay": self.optim.weight_decay,
+                         "optim.power": self.optim.power, "optim.warmup_steps": self.optim.warmup_steps,
+                         "loss.dice_weight": self.loss.dice_weight}  # fmt: skip
+        for key, value in at_least_zero.items():
+            if value < 0:
+                raise ConfigError(f"{key} must be >= 0, got {value}")
+        if not 0 <= self.optim.momentum < 1:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {self.optim.momentum}")
+        if not 0 <= self.loss.label_smoothing < 1:
+            raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.loss.label_smoothing}")
+        weights = self.loss.class_weights
+        if weights is not None and (min(weights, default=0) < 0 or not any(weights)):
+            raise ConfigError(f"loss.class_weights must be >= 0 with at least one > 0, got {weights}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError(f"clip_grad_norm must be > 0 (null: no clipping), got {self.clip_grad_norm}")
+        if self.max_nonfinite < 1 or self.dist_timeout_s <= 0:
+            raise ConfigError(f"max_nonfinite must be >= 1 and dist_timeout_s > 0, got {self.max_nonfinite} and "
+                              f"{self.dist_timeout_s}")
         if self.data.crop_size is not None and (len(self.data.crop_size) != 2 or min(self.data.crop_size) < 32):
             raise ConfigError(f"data.crop_size must be [H, W] with both >= 32, got {self.data.crop_size}")
         if len(self.data.scale) != 2 or not 0 < self.data.scale[0] <= self.data.scale[1]:

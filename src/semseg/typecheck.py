@@ -9,6 +9,7 @@ fails here with the key's dotted name and what was expected, before anything is 
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Collection, Sequence
@@ -57,15 +58,20 @@ def check_value(hint: Any, value: Any, key: str) -> Any:
             raise OptionError(f"{key} must be a mapping, got {value!r}")
         return dict(value)
     if hint is float:
+        number = None
         if isinstance(value, str):
             # PyYAML reads "1e-4" (no dot) as a string: YAML 1.1's float needs one.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise OptionError(f"{key} must be float, got {value!r}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        if number is None:
+            raise OptionError(f"{key} must be float, got {value!r}")
+        if not math.isfinite(number):  # a NaN or infinite setting trains NaN weights, or nothing, without a word
+            raise OptionError(f"{key} must be a finite number, got {value!r}")
+        return number
     if not isinstance(hint, type):
         return value  # a hint this checker does not model (e.g. a Protocol): the builder checks it
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

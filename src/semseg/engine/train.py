@@ -144,6 +144,11 @@ def train_one_epoch(
         seen += len(images)
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{total / seen:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", img_s=f"{seen / elapsed:.0f}")
+    if seen == 0 and skipped:  # fewer batches than max_nonfinite, all of them lost: the weights are likely NaN
+        raise FloatingPointError(
+            f"the loss was not finite for every batch of the epoch ({skipped}; last: {loss.item()}); "
+            "lower the learning rate, enable clip_grad_norm, or check the data for corrupt labels"
+        )
     elapsed = time.perf_counter() - start
     stats = {"loss": total / max(seen, 1), "images_per_s": seen / elapsed if elapsed > 0 else 0.0, "skipped": skipped}
     return stats if distill is None else {**stats, "distill_loss": distilled / max(seen, 1)}

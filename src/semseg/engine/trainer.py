@@ -153,6 +153,7 @@ def _fit(
                 distill=distiller,
             )  # fmt: skip
             scored = model if ema is None else ema.module  # what validation scores and the checkpoints hold
+            _check_finite(scored, epoch + 1)
             validate = (epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs
             metrics = _evaluate(scored, val_loader, data, dist, progress, config.data.infer_scale) if validate else {}
             record = {"epoch": epoch + 1, "train_loss": stats["loss"], "val_mIoU": metrics.get("mIoU"),
@@ -174,9 +175,14 @@ def _fit(
                     state["distill"] = distiller.identity
                 run_folder.commit(out, scored, state, meta, is_best=is_best)
             distributed.barrier()
+            if validate and math.isnan(metrics["mIoU"]):  # saved first: fixing the masks and --resume loses nothing
+                raise ValueError(f"the {config.data.val_split!r} split has no labelled pixel to score (every mask pixel "
+                                 f"is ignore_index {config.ignore_index}); epoch {epoch + 1} is saved in {out}/ but no "
+                                 "best.safetensors can be chosen: fix the val masks (semseg data check) or set "
+                                 "data.val_split to another split")  # fmt: skip
     if dist.is_main and history:
         plot_curves([{k: h[k] for k in ("epoch", "train_loss", "val_mIoU")} for h in history], out / "curves.png")
-    return {**metrics, "history": history, "best_mIoU": best}
+    return {**metrics, "history": history, "best_mIoU": best, "epochs_run": max(0, end_epoch - start_epoch)}
 
 
 def warmed_up_ema(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor], torch.Tensor], None]:
@@ -382,6 +388,16 @@ def _tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
         else:
             scalars[f"val/{key}"] = value
     return scalars
+
+
+def _check_finite(model: nn.Module, epoch: int) -> None:
+    """Refuse to validate or save weights that hold a NaN or infinity: no command could load them."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise FloatingPointError(
+                f"after epoch {epoch} the weights hold NaN or infinite values ({name}), so they were not saved; "
+                "lower optim.lr or set clip_grad_norm and train again (--overwrite)"
+            )
 
 
 def _wall_time(history: list[dict[str, Any]], epoch_s: float) -> dict[str, float | None]:

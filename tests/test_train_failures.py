@@ -1,0 +1,132 @@
+"""How `semseg train` fails and reports: bad numbers refused up front, NaN never saved, one-line
+errors, and an honest last line when a run stops or has nothing to do (an outside trial's findings)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semseg.cli import main
+from semseg.config import ConfigError, load_config
+
+RECIPE = """
+model:
+  name: unet
+  options: {base_channels: 4, depth: 2}
+data:
+  dataset: shapes
+  options: {train_size: 16, val_size: 4, size: 32}
+  batch_size: 8
+  workers: 0
+optim:
+  name: sgd
+  lr: 0.05
+epochs: 3
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.mark.parametrize(("override", "said"), [
+    ("optim.lr=inf", "optim.lr must be a finite number, got 'inf'"),
+    ("optim.weight_decay=.nan", "optim.weight_decay must be a finite number, got nan"),
+    ("clip_grad_norm=.nan", "clip_grad_norm must be a finite number, got nan"),
+    ("optim.power=.inf", "optim.power must be a finite number, got inf"),
+    ("loss.class_weights=[1, .nan, 1]", "loss.class_weights[1] must be a finite number, got nan"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be >= 0, got -1.0"),
+    ("optim.momentum=1.5", "optim.momentum must be in [0, 1), got 1.5"),
+    ("loss.class_weights=[0, 0, 0]", "loss.class_weights must be >= 0 with at least one > 0"),
+    ("loss.class_weights=[1, -1, 1]", "loss.class_weights must be >= 0 with at least one > 0"),
+    ("clip_grad_norm=0", "clip_grad_norm must be > 0 (null: no clipping), got 0.0"),
+    ("loss.label_smoothing=1", "loss.label_smoothing must be in [0, 1), got 1.0"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps must be >= 0, got -5"),
+])
+def test_numbers_that_would_train_nan_or_nothing_are_refused_before_anything_runs(recipe, override, said):
+    with pytest.raises(ConfigError) as caught:
+        load_config(recipe, [override])
+    assert said in str(caught.value)
+
+
+def test_a_model_option_cannot_be_nan_either():
+    import semseg
+
+    with pytest.raises(ValueError, match="must be a finite number, got nan"):
+        semseg.create_model("segformer", num_classes=3, drop_path_rate=float("nan"))
+
+
+def test_weights_gone_nan_are_never_saved_and_the_error_is_one_line(recipe, tmp_path, capsys):
+    # SGD at lr 1e30: the first step's weights overflow, and every later loss is NaN.
+    out = tmp_path / "run"
+    code = main(["train", str(recipe), f"--out={out}", "--optim.lr=1e30", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("semseg train: error: ") and len(err.strip().splitlines()) == 1, err
+    assert "after epoch 1 the weights hold NaN or infinite values" in err and "lower optim.lr" in err
+    assert not (out / "best.safetensors").exists() and not (out / "last.safetensors").exists()
+
+
+def test_an_epoch_whose_every_batch_was_skipped_stops_the_run():
+    # Two batches, far fewer than max_nonfinite: the in-a-row guard alone never fires.
+    import semseg
+    from semseg.engine.train import train_one_epoch
+
+    model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2)
+    batches = [(torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))) for _ in range(2)]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    nan_loss = lambda logits, target: logits.sum() * float("nan")  # noqa: E731
+    with pytest.raises(FloatingPointError, match=r"the loss was not finite for every batch of the epoch \(2; last: nan\)"):
+        train_one_epoch(model, batches, optimizer, nan_loss, progress=False, max_nonfinite=10)
+
+
+def test_a_run_stopped_before_validating_ends_with_where_it_stands(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), f"--out={out}", "--val_every=2", "--stop-after=1", "--quiet"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"stopped after epoch 1 of 3 (not validated yet); --resume continues it; checkpoints in {out}/"
+    assert main(["train", str(recipe), f"--out={out}", "--val_every=2", "--resume", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("val mIoU ")
+    assert main(["train", str(recipe), f"--out={out}", "--val_every=2", "--resume", "--quiet"]) == 0
+    best = max(json.loads(line)["val_mIoU"] or 0 for line in (out / "log.jsonl").read_text().splitlines())
+    assert capsys.readouterr().out.strip() == (f"{out}/ already holds 3 epochs of the recipe's 3 (best val mIoU "
+                                               f"{best:.4f}); nothing to train: raise --epochs to go on")  # fmt: skip
+
+
+def test_an_out_folder_that_is_a_file_is_refused_before_training(recipe, tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        assert main(["train", str(recipe), f"--out={out}", "--quiet"]) == 1
+        captured = capsys.readouterr()
+        assert "epoch 1" not in captured.out  # refused before a minute of training is spent
+        assert captured.err.strip() == f"semseg train: error: out: {out} is a file or lies under one; choose a folder"
+
+
+def test_a_val_split_without_labelled_pixels_is_said_and_the_epoch_kept(recipe, tmp_path, capsys):
+    for split, count in (("train", 4), ("val", 2)):
+        for folder in ("images", "masks"):
+            (tmp_path / split / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(tmp_path / split / "images" / f"{i}.png")
+            mask = np.full((32, 32), 255 if split == "val" else i % 2, np.uint8)
+            Image.fromarray(mask).save(tmp_path / split / "masks" / f"{i}.png")
+    description = tmp_path / "data.yaml"
+    description.write_text("classes: [a, b]\nsplits:\n  train: {images: train/images, masks: train/masks}\n"
+                           "  val: {images: val/images, masks: val/masks}\n")  # fmt: skip
+    out = tmp_path / "run"
+    code = main(["train", str(recipe), f"--out={out}", f"--data.dataset={description}", "--data.options={}",
+                 "--data.batch_size=2", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip() == (f"semseg train: error: the 'val' split has no labelled pixel to score (every mask pixel is "
+                           f"ignore_index 255); epoch 1 is saved in {out}/ but no best.safetensors can be chosen: fix "
+                           "the val masks (semseg data check) or set data.val_split to another split")  # fmt: skip
+    assert (out / "last.safetensors").is_file()
