@@ -130,3 +130,20 @@ def test_a_val_split_without_labelled_pixels_is_said_and_the_epoch_kept(recipe, 
                            f"ignore_index 255); epoch 1 is saved in {out}/ but no best.safetensors can be chosen: fix "
                            "the val masks (semseg data check) or set data.val_split to another split")  # fmt: skip
     assert (out / "last.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("device", "said"), [
+    ("gpu", "device: expected a device such as cpu, cuda or cuda:1, got 'gpu'"),
+    ("meta", "device: meta: not a device semseg can run on"),
+])
+def test_a_device_this_machine_lacks_is_one_line(recipe, tmp_path, capsys, device, said):
+    assert main(["train", str(recipe), f"--out={tmp_path / 'run'}", f"--device={device}", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"semseg train: error: {said}") and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_on_a_machine_without_it_is_one_line(recipe, tmp_path, capsys):
+    assert main(["train", str(recipe), f"--out={tmp_path / 'run'}", "--device=cuda", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("semseg train: error: device: cuda: this machine has no CUDA device") and "\n" not in err

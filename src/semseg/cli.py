@@ -42,27 +42,13 @@ def _positive_float(text: str) -> float:
 
 
 def _device(text: str) -> str:
-    """A torch device this machine has: ``cpu``, or an accelerator (``cuda[:N]``, ``mps``, ``xpu``, ...)
-    whose torch module says it is available, with that many devices."""
-    import torch
+    """:func:`~semseg.engine.distributed.check_device` for argparse: a device this machine has."""
+    from semseg.engine.distributed import check_device
 
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, got {text!r}") from None
-    if device.type == "cpu":
-        return text
-    accelerator = getattr(torch, device.type, None)
-    if accelerator is None or not hasattr(accelerator, "is_available"):
-        raise argparse.ArgumentTypeError(f"{text}: not a device semseg can run on; use cpu, cuda, mps, xpu, ...")
-    count = accelerator.device_count() if accelerator.is_available() else 0
-    if count == 0:
-        raise argparse.ArgumentTypeError(f"{text}: this machine has no {device.type.upper()} device torch "
-                                         f"{torch.__version__} can use; use --device cpu")  # fmt: skip
-    if device.index is not None and device.index >= count:
-        raise argparse.ArgumentTypeError(f"{text}: this machine has {count} {device.type.upper()} device(s), "
-                                         f"{device.type}:0 to {device.type}:{count - 1}")  # fmt: skip
-    return text
+        return check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("; use cpu", "; use --device cpu")) from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -28,6 +28,28 @@ class DistInfo:
         return self.rank == 0
 
 
+def check_device(text: str) -> str:
+    """``text`` if it names a torch device this machine has: ``cpu``, or an accelerator (``cuda[:N]``,
+    ``mps``, ``xpu``, ...) whose torch module says it is available, with that many devices; else ``ValueError``."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"expected a device such as cpu, cuda or cuda:1, got {text!r}") from None
+    if device.type == "cpu":
+        return text
+    accelerator = getattr(torch, device.type, None)
+    if accelerator is None or not hasattr(accelerator, "is_available"):
+        raise ValueError(f"{text}: not a device semseg can run on; use cpu, cuda, mps, xpu, ...")
+    count = accelerator.device_count() if accelerator.is_available() else 0
+    if count == 0:
+        raise ValueError(f"{text}: this machine has no {device.type.upper()} device torch {torch.__version__} "
+                         "can use; use cpu")  # fmt: skip
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"{text}: this machine has {count} {device.type.upper()} device(s), "
+                         f"{device.type}:0 to {device.type}:{count - 1}")  # fmt: skip
+    return text
+
+
 def setup(device: str = "auto", *, timeout_s: float = 600.0) -> DistInfo:
     """Join the torchrun process group if there is one (gloo on CPU, NCCL on GPU); pick the device.
 
@@ -39,7 +61,7 @@ def setup(device: str = "auto", *, timeout_s: float = 600.0) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = torch.device(check_device(device))
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank if world_size > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)

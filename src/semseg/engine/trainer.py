@@ -56,7 +56,10 @@ def fit(
     ``resume=True`` run carries on with the same schedule, as if never stopped. A fresh run
     refuses an ``out`` folder that holds an earlier run unless ``overwrite`` is set.
     """
-    dist = distributed.setup(config.device, timeout_s=config.dist_timeout_s)
+    try:
+        dist = distributed.setup(config.device, timeout_s=config.dist_timeout_s)
+    except ValueError as exc:
+        raise ConfigError(f"device: {exc} (device: auto picks one)") from None
     try:
         return _fit(config, dist, resume=resume, overwrite=overwrite, stop_after=stop_after,
                     progress=progress and dist.is_main)  # fmt: skip
