@@ -147,3 +147,22 @@ def test_cuda_on_a_machine_without_it_is_one_line(recipe, tmp_path, capsys):
     assert main(["train", str(recipe), f"--out={tmp_path / 'run'}", "--device=cuda", "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("semseg train: error: device: cuda: this machine has no CUDA device") and "\n" not in err
+
+
+def test_resume_refuses_a_changed_recipe_and_names_every_change(recipe, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), f"--out={out}", "--stop-after=1", "--quiet"]) == 0
+    capsys.readouterr()
+    code = main(["train", str(recipe), f"--out={out}", "--resume", "--optim.lr=0.5",
+                 "--model.options={base_channels: 8, depth: 2}", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"semseg train: error: --resume continues {out} as it was started; these settings differ "
+                          "from its recipe: model.options ({'base_channels': 4, 'depth': 2} -> {'base_channels': 8, "
+                          "'depth': 2}); optim.lr (0.05 -> 0.5). ")  # fmt: skip
+    assert main(["train", str(recipe), f"--out={out}", "--resume", "--optim.name=adamw", "--quiet"]) == 1
+    assert "optim.name ('sgd' -> 'adamw')" in capsys.readouterr().err
+    # More epochs, another worker count and validation cadence: the same run, continued.
+    assert main(["train", str(recipe), f"--out={out}", "--resume", "--epochs=4", "--val_every=2",
+                 "--data.workers=0", "--quiet"]) == 0  # fmt: skip
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

@@ -132,8 +132,8 @@ def _fit(
         run_folder.prepare(out, resume=resume, overwrite=overwrite)
     distributed.barrier()
     if resume:
-        start_epoch, history, best = _restore(out, model, optimizer, scheduler, scaler, dist, ema,
-                                              distill=None if distiller is None else distiller.identity)  # fmt: skip
+        start_epoch, history, best = _restore(out, config, list(data.classes), model, optimizer, scheduler, scaler,
+                                              dist, ema, distill=None if distiller is None else distiller.identity)  # fmt: skip
     metadata = _metadata(config, data)
     if distiller is not None:  # which file taught it, beyond the name or path in the config
         metadata["distill_teacher_sha256"] = distiller.sha256
@@ -301,10 +301,41 @@ def _state(epoch, history, best, optimizer, scheduler, scaler) -> dict[str, Any]
     }  # fmt: skip
 
 
-def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.DistInfo,
+# Recipe keys a resumed run may change: where things are and how often to look, not what is trained.
+# ``epochs`` may grow (the schedule stretches to the new total); the dataset may move (its classes are checked).
+RESUMABLE_CHANGES = frozenset({
+    "epochs", "out", "tensorboard", "device", "dist_timeout_s", "max_nonfinite", "val_every", "channels_last",
+    "data.dataset", "data.root", "data.workers", "data.cache", "data.val_batch_size", "model.init_from",
+    "distill.teacher",  # the teacher file's SHA-256 is compared instead
+})  # fmt: skip
+
+
+def _recipe_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key (old -> new)`` for every recipe setting that differs from the run's, beyond RESUMABLE_CHANGES.
+
+    Sections (``model``, ``data``, ...) are compared key by key, options as a whole; a key the
+    stored recipe lacks (added to semseg after the run started) counts as unchanged.
+    """
+
+    def flat(config: dict[str, Any]) -> dict[str, Any]:
+        return {f"{section}.{key}" if isinstance(value, dict) and section in _SECTIONS else section: inner
+                for section, value in config.items()
+                for key, inner in (value.items() if isinstance(value, dict) and section in _SECTIONS else [(None, value)])}  # fmt: skip
+
+    old, new = flat(stored), flat(current)
+    return [f"{key} ({old[key]!r} -> {value!r})" for key, value in new.items()
+            if key in old and key not in RESUMABLE_CHANGES and old[key] != value]  # fmt: skip
+
+
+_SECTIONS = ("model", "data", "optim", "loss", "distill")
+
+
+def _restore(out: Path, config: TrainConfig, classes: list[str], model, optimizer, scheduler, scaler, dist: distributed.DistInfo,
              ema: AveragedModel | None = None, distill: dict[str, Any] | None = None) -> tuple[int, list, float]:  # fmt: skip
     """Load ``last.*`` from ``out`` (after finishing any interrupted commit); returns (epochs done, history, best mIoU).
 
+    ``config`` must be the run's own recipe, up to :data:`RESUMABLE_CHANGES`: a changed LR or model
+    would be silently ignored (the state's schedule wins) or fail deep in ``load_state_dict``.
     With ``ema``, ``last.safetensors`` holds the average and the state file the trained weights.
     ``distill`` (:attr:`Distiller.identity`: teacher file, weight, temperature) must be the run's own."""
     if dist.is_main:
@@ -314,7 +345,8 @@ def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.D
     if not weights.is_file() or not state_path.is_file():
         raise FileNotFoundError(f"cannot resume: {weights} and {state_path} must both exist (train without --resume first)")
     state = load_training_state(state_path)
-    if read_metadata(weights)["epoch"] != state["epoch"]:
+    meta = read_metadata(weights)
+    if meta["epoch"] != state["epoch"]:
         raise ValueError(f"{weights} and {state_path} are from different epochs and no next.* files complete "
                          "either; restore both from a backup, or start again with --overwrite")  # fmt: skip
     if (ema is None) != ("ema" not in state):
@@ -324,6 +356,13 @@ def _restore(out: Path, model, optimizer, scheduler, scaler, dist: distributed.D
         raise ConfigError(f"{out} was trained with {_teacher(state.get('distill'))} and this run has "
                           f"{_teacher(distill)}; resume it with the distill settings it was started with, or "
                           "start again with --overwrite")  # fmt: skip
+    changes = _recipe_changes(meta.get("config", {}), config.to_dict())
+    if meta["classes"] != classes:
+        changes.append(f"the dataset's classes ({meta['classes']} -> {classes})")
+    if changes:
+        raise ConfigError(f"--resume continues {out} as it was started; these settings differ from its recipe: "
+                          f"{'; '.join(changes)}. Resume with the run's own settings (only epochs, paths, workers "
+                          "and the like may change), or start a new run (--overwrite, or another out:)")  # fmt: skip
     if ema is None:
         model.load_state_dict(load_file(str(weights)))
     else:
