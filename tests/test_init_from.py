@@ -136,3 +136,22 @@ def test_a_source_without_the_aux_head_leaves_only_the_aux_head_fresh(tmp_path):
     for key, value in model.state_dict().items():
         if not key.startswith(("seghead_extra.", "final_layer.conv2.")):
             assert torch.equal(value, lean.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("damage", ["text", "truncated", "safetensors_renamed"])
+def test_an_unreadable_pth_is_one_line_naming_the_file(tmp_path, damage):
+    from safetensors.torch import save_file
+
+    from semseg.backbones.weights import read_state_dict
+
+    path = tmp_path / "weights.pth"
+    if damage == "text":
+        path.write_text("hello")
+    elif damage == "truncated":
+        torch.save({"a": torch.zeros(100)}, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        save_file({"a": torch.zeros(3)}, str(path))
+    with pytest.raises(ValueError, match=r"weights.pth is not a readable PyTorch weights file: damaged, cut short, or "
+                                         r"not written by torch.save \(\w+\); a safetensors file must end in"):
+        read_state_dict(path)

@@ -11,6 +11,7 @@ its RGB weights are adapted by :func:`adapt_input_conv`.
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -44,11 +45,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file not found: {path}")
     suffix = path.suffix.lower()
     if suffix in (".pth", ".pt"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # weights_only: tensors and plain containers only, never code from the file
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError, IndexError) as exc:
+            raise ValueError(f"{path} is not a readable PyTorch weights file: damaged, cut short, or not written by "
+                             f"torch.save ({type(exc).__name__}); a safetensors file must end in .safetensors") from None  # fmt: skip
     elif suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        obj = load_file(str(path))
+        try:
+            obj = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
     else:
         raise ValueError(f"unsupported weights file {path}: extension {suffix!r}, expected .pth, .pt or .safetensors")
     if isinstance(obj, dict):
