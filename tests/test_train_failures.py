@@ -166,3 +166,31 @@ def test_resume_refuses_a_changed_recipe_and_names_every_change(recipe, tmp_path
     assert main(["train", str(recipe), f"--out={out}", "--resume", "--epochs=4", "--val_every=2",
                  "--data.workers=0", "--quiet"]) == 0  # fmt: skip
     assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def mixed_size_dataset(root):
+    """A folder dataset whose images (and masks) come in two sizes."""
+    for split in ("train", "val"):
+        for folder in ("images", "masks"):
+            (root / split / folder).mkdir(parents=True)
+        for i, (h, w) in enumerate([(48, 48), (40, 64), (48, 48), (40, 64)]):
+            Image.fromarray(np.full((h, w, 3), 30 * i, np.uint8)).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(np.full((h, w), i % 2, np.uint8)).save(root / split / "masks" / f"{i}.png")
+    description = root / "data.yaml"
+    description.write_text("classes: [a, b]\nsplits:\n  train: {images: train/images, masks: train/masks}\n"
+                           "  val: {images: val/images, masks: val/masks}\n")  # fmt: skip
+    return description
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize(("split", "overrides", "said"), [
+    ("train", ["--data.batch_size=4"], "set data.crop_size: [H, W] to train on crops of one size, or data.batch_size: 1"),
+    ("val", ["--data.batch_size=1", "--data.val_batch_size=2"], "set data.val_batch_size: 1 (validation scores whole images)"),
+])
+def test_images_of_mixed_sizes_without_crops_are_one_line(recipe, tmp_path, capsys, workers, split, overrides, said):
+    description = mixed_size_dataset(tmp_path / "data")
+    code = main(["train", str(recipe), f"--out={tmp_path / 'run'}", f"--data.dataset={description}", "--data.options={}",
+                 f"--data.workers={workers}", "--epochs=1", *overrides, "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err == f"semseg train: error: the images of one batch differ in size (64x40, 48x48): {said}"

@@ -10,6 +10,7 @@ weights as a run that never stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -24,10 +25,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, default_collate
 
 from semseg import __version__
 from semseg.config import ConfigError, TrainConfig
+from semseg.data.base import DataError
 from semseg.engine import distributed, run_folder
 from semseg.engine.checkpoint import load_training_state, read_metadata
 from semseg.engine.datasets import DatasetBundle, build_datasets
@@ -115,9 +117,11 @@ def _fit(
         raise ValueError(f"data.batch_size {config.data.batch_size} must divide by the {dist.world_size} processes")
     loader_rng = torch.Generator()
     train_loader = DataLoader(train_set, batch_size=per_rank, sampler=sampler, num_workers=config.data.workers,
-                              drop_last=True, generator=loader_rng, persistent_workers=False)  # fmt: skip
+                              drop_last=True, generator=loader_rng, persistent_workers=False,
+                              collate_fn=functools.partial(collate_same_size, fix=_TRAIN_SIZE_FIX))  # fmt: skip
     val_part = Subset(data.val, range(dist.rank, len(data.val), dist.world_size))  # no padding: each image once
-    val_loader = DataLoader(val_part, batch_size=config.data.val_batch_size, num_workers=config.data.workers)
+    val_loader = DataLoader(val_part, batch_size=config.data.val_batch_size, num_workers=config.data.workers,
+                            collate_fn=functools.partial(collate_same_size, fix=_VAL_SIZE_FIX))  # fmt: skip
 
     optimizer = build_optimizer(config, model)
     steps_per_epoch = len(train_loader) // config.grad_accum
@@ -430,6 +434,23 @@ def _tensorboard_scalars(record: dict[str, Any]) -> dict[str, float]:
         else:
             scalars[f"val/{key}"] = value
     return scalars
+
+
+_TRAIN_SIZE_FIX = "set data.crop_size: [H, W] to train on crops of one size, or data.batch_size: 1"
+_VAL_SIZE_FIX = "set data.val_batch_size: 1 (validation scores whole images)"
+
+
+def collate_same_size(samples: list[tuple[torch.Tensor, ...]], fix: str) -> Any:
+    """Stack ``(image, mask)`` samples into a batch, or say in one line that their sizes differ and ``fix``.
+
+    PyTorch's own collate fails with "stack expects each tensor to be equal size" from inside a
+    DataLoader worker; a folder of photos of mixed sizes without ``crop_size`` is the usual cause.
+    """
+    sizes = sorted({tuple(sample[0].shape[-2:]) for sample in samples})
+    if len(sizes) > 1:
+        shown = ", ".join(f"{w}x{h}" for h, w in sizes[:4])
+        raise DataError(f"the images of one batch differ in size ({shown}): {fix}")
+    return default_collate(samples)
 
 
 def _check_finite(model: nn.Module, epoch: int) -> None:
