@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -157,3 +159,39 @@ def test_size_mismatch_names_both_files(tmp_path, save, rgb):
 def test_root_or_both_dirs_required(tmp_path):
     with pytest.raises(ValueError, match="either root"):
         FolderDataset(images_dir=tmp_path, classes=2)
+
+
+def _sideways_photo(path, stored):
+    """``stored`` pixels saved with EXIF orientation 6: viewers show them turned 90 degrees clockwise."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(stored).save(path, exif=exif)
+
+
+def test_a_photo_with_an_exif_orientation_is_read_upright_as_prediction_reads_it(tmp_path, rgb):
+    from semseg.data.check import check_path
+    from semseg.inference.predictor import to_rgb_array
+
+    stored = rgb(2, 3)
+    _sideways_photo(tmp_path / "images" / "a.png", stored)
+    upright_mask = np.rot90(MASK, -1).copy()  # drawn on the photo as a browser shows it: 3 tall, 2 wide
+    Image.fromarray(upright_mask).save((tmp_path / "masks").mkdir() or tmp_path / "masks" / "a.png")
+    image, mask = FolderDataset(tmp_path, classes=3).raw(0)
+    np.testing.assert_array_equal(image, np.rot90(stored, -1))
+    np.testing.assert_array_equal(image, to_rgb_array(tmp_path / "images" / "a.png"))  # one reading everywhere
+    np.testing.assert_array_equal(mask, upright_mask)
+    assert check_path("folder", tmp_path).ok
+
+
+def test_a_mask_of_the_stored_not_the_upright_photo_is_refused_naming_the_exif_turn(tmp_path, rgb):
+    from semseg.data import DataError
+    from semseg.data.check import check_path
+
+    _sideways_photo(tmp_path / "images" / "a.png", rgb(2, 3))
+    Image.fromarray(MASK).save((tmp_path / "masks").mkdir() or tmp_path / "masks" / "a.png")
+    note = "its EXIF orientation 6 turns the 3x2 stored pixels upright, as viewers show the photo; a mask must match"
+    with pytest.raises(DataError, match=re.escape(f"is 3x2 (WxH); they must match pixel for pixel ({note}")):
+        FolderDataset(tmp_path, classes=3).raw(0)
+    report = check_path("folder", tmp_path)
+    assert not report.ok and any(note in problem for _, problem in report.errors)

@@ -9,6 +9,7 @@ reads too) and ``decoder`` gives the decoder.
 
 from __future__ import annotations
 
+import struct
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 from torch.utils.data import Dataset
 
 from semseg.data.transforms import eval_transforms
@@ -87,8 +88,9 @@ def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
 
 
 def read_image(path: Path, bands: int | None = None) -> np.ndarray:
-    """An image file as uint8 ``(H, W, 3)`` RGB (see :func:`rgb_array`), or with ``bands`` its ``bands``
-    bands at full precision (see :func:`band_array`). A multi-page TIFF yields its first page."""
+    """An image file as uint8 ``(H, W, 3)`` RGB turned upright (see :func:`rgb_from_pil`), or with ``bands``
+    its ``bands`` bands at full precision, as stored (see :func:`band_array`). A multi-page TIFF yields its
+    first page."""
     if bands is not None:
         return band_array(path, bands)
     if Path(path).suffix.lower() == ARRAY_SUFFIX:
@@ -96,7 +98,48 @@ def read_image(path: Path, bands: int | None = None) -> np.ndarray:
                          "the dataset description")  # fmt: skip
     with Image.open(path) as im:
         im.seek(0)
-        return rgb_array(im, str(path))
+        return rgb_from_pil(im, str(path))
+
+
+# EXIF orientation -> the turn that shows the stored pixels upright (the table of ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}  # fmt: skip
+
+
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1-8; 1: stored upright); unreadable or absent EXIF counts as 1, as in viewers
+    that ignore it."""
+    try:
+        orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except (OSError, ValueError, SyntaxError, struct.error):
+        return 1
+    return orientation if isinstance(orientation, int) and orientation in _UPRIGHT else 1
+
+
+def rgb_from_pil(im: Image.Image, source: str | None = None) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB (:func:`rgb_array`), turned upright by the EXIF orientation tag as image viewers
+    and annotation tools in browsers show it: training, evaluation and prediction all see a photo this way, so
+    masks must match the upright image.
+
+    Only the pixels are turned: ``ImageOps.exif_transpose`` also re-encodes the EXIF block of
+    its copy, which fails (``struct.error``) on a camera's malformed tag that reading tolerated.
+    """
+    turn = _UPRIGHT.get(exif_orientation(im))
+    return rgb_array(im if turn is None else im.transpose(turn), source or getattr(im, "filename", "") or "image")
+
+
+def upright_size_note(path: Path) -> str:
+    """For a size-mismatch message: how an EXIF orientation changed the image's size, or ``""``."""
+    try:
+        with Image.open(path) as im:
+            orientation, (w, h) = exif_orientation(im), im.size
+    except (OSError, ValueError, SyntaxError):
+        return ""
+    if orientation < 5:
+        return ""
+    return (f" (its EXIF orientation {orientation} turns the {w}x{h} stored pixels upright, as viewers show "
+            "the photo; a mask must match the upright image)")
 
 
 def rgb_array(im: Image.Image, source: str = "image") -> np.ndarray:
@@ -549,6 +592,7 @@ class PairedDataset(Dataset):
             raise DataError(
                 f"image {image_path} is {image.shape[1]}x{image.shape[0]} but mask {mask_path} is "
                 f"{mask.shape[1]}x{mask.shape[0]} (WxH); they must match pixel for pixel"
+                + ("" if self.bands is not None else upright_size_note(image_path))
             )
         if valid is not None:  # no data: not a label to learn or score, and no value to feed the model
             mask[~valid] = self.ignore_index

@@ -30,7 +30,9 @@ import numpy as np
 from PIL import Image
 
 from semseg.data import ade20k, camvid, cityscapes, folder, voc
-from semseg.data.base import NO_PAIRS, BandMoments, MaskDecoder, list_some, read_bands, read_mask
+from semseg.data.base import (
+    NO_PAIRS, BandMoments, MaskDecoder, exif_orientation, list_some, read_bands, read_mask, upright_size_note,
+)
 from semseg.data.description import load_description
 
 DATASET_NAMES = ("camvid", "voc", "cityscapes", "ade20k", "folder")
@@ -309,7 +311,7 @@ def _check_pair(
             with Image.open(image_path) as im:
                 im.seek(0)
                 im.load()  # PIL decodes lazily: without this a truncated file passes
-                size = im.size
+                size = im.size[::-1] if exif_orientation(im) >= 5 else im.size  # as training reads it: upright
                 if im.mode == "F":
                     problems.append((str(image_path), "floating-point image (mode F): read it at full precision "
                                                       "(bands: 1 in the dataset description)"))  # fmt: skip
@@ -324,7 +326,8 @@ def _check_pair(
     mask_size = (stored.shape[1], stored.shape[0])
     if size is not None and size != mask_size:
         problems.append(
-            (str(mask_path), f"mask is {mask_size[0]}x{mask_size[1]} but image {image_path} is {size[0]}x{size[1]}")
+            (str(mask_path), f"mask is {mask_size[0]}x{mask_size[1]} but image {image_path} is {size[0]}x{size[1]}"
+                             + ("" if bands is not None else upright_size_note(image_path)))
         )
     values, counts = _stored_values(stored, colour)
     return problems + _tally(values, counts, stored.shape[0] * stored.shape[1], mask_path, decoder, num_classes, ignore,

@@ -17,10 +17,10 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image
+from PIL import Image
 from torch import nn
 
-from semseg.data.base import declared_size, read_bands, rgb_array
+from semseg.data.base import declared_size, read_bands, rgb_array, rgb_from_pil
 from semseg.engine.checkpoint import infer_scale
 from semseg.engine.evaluate import probabilities_at
 from semseg.inference.backends import load_backend
@@ -38,27 +38,6 @@ MIN_SIZE = 32  # every semseg model accepts inputs from 32x32 up
 # Fixed defaults rather than bounds read from free memory, so an image gets the same labels on every machine.
 MAX_WHOLE_PIXELS = 2048 * 2048
 AUTO_TILE = 1024
-
-
-# EXIF orientation -> the turn that shows the stored pixels upright (the table of ImageOps.exif_transpose)
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}  # fmt: skip
-
-
-def rgb_from_pil(image: Image.Image) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB, turned upright by the EXIF orientation tag as image viewers show it.
-
-    Only the pixels are turned: ``ImageOps.exif_transpose`` also re-encodes the EXIF block of
-    its copy, which fails (``struct.error``) on a camera's malformed tag that reading tolerated.
-    EXIF that cannot be read at all counts as no orientation, as in viewers that ignore it.
-    """
-    try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    except (OSError, ValueError, SyntaxError, struct.error):
-        orientation = 1
-    turn = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
-    return rgb_array(image if turn is None else image.transpose(turn), getattr(image, "filename", "") or "image")
 
 
 class ImageTooLarge(ValueError):
