@@ -55,7 +55,7 @@ def test_every_planted_problem_is_reported_with_its_file(tmp_path, save, rgb, ca
     report = check_path(yml)
     assert not report.ok
     by_file = {Path(f).name: m for f, m in report.errors}
-    assert "7, 9 are not classes 0..2 or ignore_index 255" in by_file["label.png"]
+    assert "7, 9 are not mapped to a class (known values: 0, 1, 2, 255)" in by_file["label.png"]
     assert "mask is 4x4 but image" in by_file["size.png"]
     assert "unreadable mask" in by_file["cut.png"] and "truncated" in by_file["cut.png"]
     assert "image has no mask" in by_file["lonely.jpg"]
@@ -262,3 +262,22 @@ def test_a_split_the_dataset_refuses_is_an_error_not_ok(layout, tmp_path, capsys
     out = capsys.readouterr().out
     assert "FAILED" in out and "\nOK\n" not in out
     assert re.search(rf"\[train\] \(split\): {message}", out), out
+
+
+def test_binary_masks_of_0_and_1_are_said_to_be_unmapped_not_out_of_range(tmp_path, save, rgb):
+    save(tmp_path / "images" / "a.png", rgb(4, 4))
+    save(tmp_path / "masks" / "a.png", np.array([[0, 1], [1, 0]] * 2, dtype=np.uint8).repeat(2, axis=1))
+    description = tmp_path / "bin.yaml"
+    description.write_text("classes: [back, fore]\nmask_format: binary\nsplits:\n  train: {images: images, masks: masks}\n")
+    (problem,) = check_path(description).errors
+    assert problem[1] == ("mask values 1 are not mapped to a class (known values: 0, 255); a value_map must list "
+                          "every stored value")  # fmt: skip
+
+
+def test_a_colour_mask_without_colours_says_which_description_keys_to_set(tmp_path, save, rgb):
+    from semseg.data import DataError, FolderDataset
+
+    save(tmp_path / "images" / "a.png", rgb(2, 2))
+    save(tmp_path / "masks" / "a.png", np.array([[[200, 0, 0], [0, 200, 0]]] * 2, dtype=np.uint8))
+    with pytest.raises(DataError, match="set mask_format: rgb and each class's color in the dataset description"):
+        FolderDataset(tmp_path, classes=2).raw(0)

@@ -354,8 +354,8 @@ def read_mask(path: Path, *, colour: bool = False) -> np.ndarray:
             if grey:
                 return arr[..., 0].astype(np.int64)
             raise ValueError(
-                f"{path} is a colour mask (mode {im.mode}); pass colors={{(r, g, b): class_index, ...}} "
-                "to map its colours to classes"
+                f"{path} is a colour mask (mode {im.mode}): set mask_format: rgb and each class's color in the "
+                "dataset description (in Python: colors={(r, g, b): class_index, ...}) to map its colours to classes"
             )
         raise ValueError(
             f"{path}: mask mode {im.mode} is not supported; save masks as 8/16-bit grey, palette or RGB PNG"
@@ -435,8 +435,9 @@ class MaskDecoder:
         if (mapped < 0).any():
             unknown = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in uniq[mapped < 0].tolist()]
             raise DataError(
-                f"{path}: colours {list_some(unknown)} are not in the colour table; add them to colors= "
-                "(map a colour to ignore_index to skip it)"
+                f"{path}: colours {list_some(unknown)} are not in the colour table: give them to a class (its color "
+                "in the dataset description) or skip one with ignore_color (in Python: add them to colors=, "
+                "mapped to ignore_index to skip them)"
             )
         return mapped[inverse.reshape(codes.shape)]
 

@@ -349,9 +349,16 @@ def _tally(values: list[Any], counts: Sequence[int], pixels: int, mask_path: Pat
         s.present_pixels[label] += int(pixels)
     if bad:
         s.bad_values.update(bad)
-        known = f"classes 0..{num_classes - 1}" if num_classes is not None else "a class"
-        what = "colours" if colour else "values"
-        problems.append((str(mask_path), f"mask {what} {list_some(bad)} are not {known} or ignore_index {ignore}"))
+        if colour:
+            message = (f"mask colours {list_some(bad)} are not in the colour table: give them to a class (its color) "
+                       "or skip one with ignore_color")  # fmt: skip
+        elif decoder is not None and decoder.value_map is not None:  # the message training would stop with
+            message = (f"mask values {list_some(bad)} are not mapped to a class (known values: "
+                       f"{list_some(sorted(decoder.value_map))}); a value_map must list every stored value")  # fmt: skip
+        else:
+            known = f"classes 0..{num_classes - 1}" if num_classes is not None else "a class"
+            message = f"mask values {list_some(bad)} are not {known} or ignore_index {ignore}"
+        problems.append((str(mask_path), message))
     return problems
 
 
