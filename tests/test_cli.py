@@ -90,3 +90,22 @@ def test_data_check_is_wired_to_the_checker(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["data"])
     assert exc.value.code == 2
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_escaped_on_a_strict_utf8_terminal(tmp_path):
+    import os
+
+    import numpy as np
+    from PIL import Image
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / os.fsdecode(b"bad\xff.png")).write_bytes(b"not a png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "images" / "good.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "masks" / "good.png")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # a UTF-8 desktop terminal
+    result = subprocess.run([sys.executable, "-m", "semseg", "data", "check", "folder", "--root", str(tmp_path)],
+                            capture_output=True, env=env, timeout=120)  # fmt: skip
+    out = result.stdout.decode("utf-8")
+    assert result.returncode == 1, result.stderr.decode("utf-8", "replace")
+    assert "bad\\udcff.png" in out and "unreadable" in out and "Traceback" not in result.stderr.decode("utf-8")

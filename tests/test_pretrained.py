@@ -45,7 +45,9 @@ def test_a_shipped_model_is_what_its_index_entry_says(model):
 @pytest.mark.parametrize("model", SHIPPED, ids=lambda m: m.name)
 def test_a_shipped_model_runs_by_name(model, tmp_path, capsys):
     assert main(["pretrained"]) == 0
-    assert f"{model.name}: {model.architecture} on {model.dataset}" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert f"{model.name}: {model.architecture} on {model.dataset}" in listing
+    assert f", {model.path.stat().st_size / 10**6:.1f} MB\n" in listing  # MB as the 10 MB limit counts, not MiB
     net, _ = load_model(model.name)
     assert {p.dtype for p in net.parameters()} == {torch.float32}  # fp16 on disk, cast to float32 to run
     rng = np.random.default_rng(0)

@@ -35,7 +35,7 @@ class PretrainedModel:
 
     @property
     def size_mb(self) -> float:
-        return self.path.stat().st_size / 2**20
+        return self.path.stat().st_size / 10**6  # MB, as issue 11's 10 MB limit and the README count
 
 
 def list_pretrained() -> list[PretrainedModel]:
