@@ -30,6 +30,7 @@ def test_an_explicit_setting_wins(monkeypatch, variable):
 def test_train_applies_it_before_training(monkeypatch):
     calls = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("allocator") or True)
-    monkeypatch.setattr(trainer, "fit", lambda config, **kw: calls.append("fit") or {"history": []})
+    result = {"history": [], "best_mIoU": float("-inf"), "epochs_run": 0}  # what fit returns when nothing ran
+    monkeypatch.setattr(trainer, "fit", lambda config, **kw: calls.append("fit") or result)
     assert main(["train", "configs/unet_camvid.yaml"]) == 0
     assert calls == ["allocator", "fit"]
