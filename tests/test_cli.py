@@ -50,6 +50,12 @@ def test_bad_argument_value_names_the_argument(capsys):
         (["evaluate", "m.safetensors", "--data", "camvid", "--scales", "nan"], "scales must be positive and finite"),
         (["serve", "m.safetensors", "--max-upload-mb", "-1"], "argument --max-upload-mb: expected a positive number"),
         (["serve", "m.safetensors", "--max-upload-mb", "inf"], "argument --max-upload-mb: expected a positive number"),
+        (["serve", "m.safetensors", "--port", "70000"], "argument --port: expected a port number in 0..65535, got 70000"),
+        (["serve", "m.safetensors", "--port", "-5"], "argument --port: expected a port number in 0..65535, got -5"),
+        (["export", "m.safetensors", "--out", "m.onnx", "--min-agreement", "nan"],
+         "argument --min-agreement: expected a share between 0 and 1 (e.g. 0.95), got nan"),
+        (["export", "m.safetensors", "--out", "m.onnx", "--min-agreement", "2"],
+         "argument --min-agreement: expected a share between 0 and 1 (e.g. 0.95), got 2.0"),
     ],
 )
 def test_impossible_devices_scales_and_limits_are_usage_errors(capsys, argv, message):

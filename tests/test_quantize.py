@@ -83,6 +83,13 @@ def test_int8_export_refuses_when_labels_disagree_too_often(checkpoint, images, 
     with pytest.raises(ValueError, match=r"on only \d+\.\d% of the calibration pixels \(< 101%\), so .* was not kept"):
         export_int8(checkpoint, tmp_path / "m.onnx", images, min_agreement=1.01)
     assert not (tmp_path / "m.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".semseg-export-")]
+
+
+def test_int8_export_makes_the_folders_of_its_path(checkpoint, images, tmp_path):
+    out = tmp_path / "new" / "sub" / "m8.onnx"
+    export_int8(checkpoint, out, images)
+    assert onnx.load(str(out)).graph.node and sorted(p.name for p in out.parent.iterdir()) == ["m8.onnx"]
 
 
 def _semseg(*args: str) -> subprocess.CompletedProcess:

@@ -41,6 +41,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    """A fraction in [0, 1] (``--min-agreement``): NaN would pass every comparison, 2 fail after the work."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1 (e.g. 0.95), got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0..65535 (0: any free port)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {value}")
+    return value
+
+
 def _device(text: str) -> str:
     """:func:`~semseg.engine.distributed.check_device` for argparse: a device this machine has."""
     from semseg.engine.distributed import check_device
@@ -340,14 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="quantize to int8, calibrated on these images, folders or globs: static ONNX Runtime "
                     "quantization for --format onnx, NNCF for --format openvino (pip install 'semseg[openvino-int8]')")
     ex.add_argument("--calibration-count", type=_positive_int, default=32, help="calibration images used (default: 32)")
-    ex.add_argument("--min-agreement", type=float, default=0.95,
+    ex.add_argument("--min-agreement", type=_share, default=0.95,
                     help="fail when int8 and fp32 labels agree on fewer calibration pixels (default: 0.95)")
     ex.set_defaults(func=_cmd_export)
 
     sv = sub.add_parser("serve", help="serve a checkpoint or ONNX file over HTTP (API, OpenAPI docs, web page)")
     sv.add_argument("checkpoint", help=".safetensors checkpoint, or .onnx / OpenVINO .xml file from semseg export")
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=_port, default=8000)
     sv.add_argument("--workers", type=_positive_int, default=1, help="server processes, each with its own model")
     sv.add_argument("--threads", type=_positive_int,
                     help="inference threads per worker, for every backend (default: cores / workers)")

@@ -68,5 +68,31 @@ def test_export_fails_when_the_exported_model_disagrees(tmp_path, monkeypatch):
     checkpoint = save_weights(model, tmp_path / "unet.safetensors", **META)
     runner = export_module._onnx_runner
     monkeypatch.setattr(export_module, "_onnx_runner", lambda path: lambda x: runner(path)(x) + 0.01)
-    with pytest.raises(ValueError, match=r"exported onnx model differs from PyTorch by up to 1\.0\de-02 \(> 1e-03\)"):
+    (tmp_path / "unet.onnx").write_bytes(b"the export a deployment runs today")
+    with pytest.raises(ValueError, match=r"exported onnx model differs from PyTorch by up to 1\.0\de-02 \(> 1e-03\); "
+                                         r"nothing was written to .*unet\.onnx"):
         export(checkpoint, tmp_path / "unet.onnx", check_sizes=NEW_SIZES[:1], tolerance=TOLERANCE)
+    assert (tmp_path / "unet.onnx").read_bytes() == b"the export a deployment runs today"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.onnx", "unet.safetensors"]  # no staging left
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_export_refuses_to_overwrite_the_checkpoint_it_reads(tmp_path, fmt):
+    model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2)
+    checkpoint = save_weights(model, tmp_path / "unet.safetensors", **META)
+    before = checkpoint.read_bytes()
+    target = checkpoint if fmt == "onnx" else checkpoint.with_suffix(".xml")  # an IR's .bin takes the stem too
+    victim = checkpoint.with_suffix(".bin") if fmt == "openvino" else checkpoint
+    if fmt == "openvino":
+        victim.write_bytes(before)
+    with pytest.raises(ValueError, match=f"--out {victim} is the checkpoint being exported"):
+        export(victim, target, fmt=fmt, check_sizes=NEW_SIZES[:1])
+    assert victim.read_bytes() == before
+
+
+def test_export_into_a_path_under_a_file_is_one_line(tmp_path):
+    model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2)
+    checkpoint = save_weights(model, tmp_path / "unet.safetensors", **META)
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(ValueError, match="a file stands where a folder of that path should be"):
+        export(checkpoint, tmp_path / "a.png" / "x.onnx", check_sizes=NEW_SIZES[:1])

@@ -7,10 +7,12 @@ needs nothing but the exported model.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 
 from semseg.engine.checkpoint import load_model
 from semseg.inference.backends import META_KEYS, OpenVinoModel
+from semseg.pretrained import resolve_checkpoint
 
 FORMATS = ("onnx", "torchscript", "openvino")
 DYNAMIC = {"image": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}}
@@ -37,39 +40,63 @@ def export(
     or a folder for ``CHECKPOINT_STEM.xml`` (:func:`openvino_path`). Raises ``ValueError`` if the
     difference exceeds ``tolerance``.
     """
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     model, meta = load_model(checkpoint)
     model.eval()
     metadata = {key: json.dumps(meta[key]) for key in META_KEYS if key in meta}
     out = openvino_path(checkpoint, out) if fmt == "openvino" else Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     channels = meta["model_config"].get("in_channels", 3)
     example = torch.randn(1, channels, 64, 64)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporters announce their deprecation
-        if fmt == "onnx":
-            _export_onnx(model, example, out, metadata)
-            run = _onnx_runner(out)
-        elif fmt == "torchscript":
-            # No check_trace: it reruns the example input (doubling the trace time, ~2 s a model),
-            # while the parity check below runs sizes and batches the trace never saw.
-            traced = torch.jit.trace(model, example, check_trace=False)
-            torch.jit.save(traced, str(out), _extra_files={"semseg.json": json.dumps(metadata)})
-            run = _torchscript_runner(out)
-        elif fmt == "openvino":
-            _export_openvino(model, example, out, metadata)
-            run = _openvino_runner(out)
-        else:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    worst = 0.0
-    generator = torch.Generator().manual_seed(0)
-    for batch, (h, w) in enumerate(check_sizes, start=1):
-        x = torch.randn(min(batch, 2), channels, h, w, generator=generator)
-        with torch.no_grad():
-            expected = model(x).numpy()
-        worst = max(worst, float(np.abs(run(x.numpy()) - expected).max()))
-    if worst > tolerance:
-        raise ValueError(f"exported {fmt} model differs from PyTorch by up to {worst:.2e} (> {tolerance:.0e})")
+    with staged(out, checkpoint) as path:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporters announce their deprecation
+            if fmt == "onnx":
+                _export_onnx(model, example, path, metadata)
+                run = _onnx_runner(path)
+            elif fmt == "torchscript":
+                # No check_trace: it reruns the example input (doubling the trace time, ~2 s a model),
+                # while the parity check below runs sizes and batches the trace never saw.
+                traced = torch.jit.trace(model, example, check_trace=False)
+                torch.jit.save(traced, str(path), _extra_files={"semseg.json": json.dumps(metadata)})
+                run = _torchscript_runner(path)
+            else:
+                _export_openvino(model, example, path, metadata)
+                run = _openvino_runner(path)
+        worst = 0.0
+        generator = torch.Generator().manual_seed(0)
+        for batch, (h, w) in enumerate(check_sizes, start=1):
+            x = torch.randn(min(batch, 2), channels, h, w, generator=generator)
+            with torch.no_grad():
+                expected = model(x).numpy()
+            worst = max(worst, float(np.abs(run(x.numpy()) - expected).max()))
+        del run  # ONNX Runtime and OpenVINO hold the file open (on Windows, a rename would fail)
+        if worst > tolerance:
+            raise ValueError(f"exported {fmt} model differs from PyTorch by up to {worst:.2e} (> {tolerance:.0e}); "
+                             f"nothing was written to {out}")  # fmt: skip
     return worst
+
+
+@contextlib.contextmanager
+def staged(out: Path, checkpoint: str | Path) -> Iterator[Path]:
+    """A path to write ``out`` at, in a hidden folder beside it, that replaces ``out`` (an IR's ``.bin``
+    first, then its ``.xml``) only when the block ends without an error: an export that fails its
+    checks, or is interrupted, never leaves a file at ``out``. Refuses an ``out`` that would replace
+    the ``checkpoint`` being exported."""
+    source = resolve_checkpoint(checkpoint).resolve()
+    files = (out.with_suffix(".bin"), out) if out.suffix.lower() == ".xml" else (out,)
+    for target in files:
+        if target.resolve() == source:
+            raise ValueError(f"--out {target} is the checkpoint being exported; write the export to another file")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"cannot write {out}: a file stands where a folder of that path should be") from None
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".semseg-export-") as tmp:
+        path = Path(tmp) / out.name
+        yield path
+        for target in files:
+            os.replace(path.with_name(target.name), target)
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str]) -> None:
