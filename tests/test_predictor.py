@@ -187,6 +187,23 @@ def test_bad_inputs_are_explained(tmp_path):
         to_rgb_array(torch.zeros(4, 4))
     with pytest.raises(ValueError, match="a tensor image must be float in \\[0, 1\\] or uint8, got torch.int64"):
         to_rgb_array(torch.tensor([[[300, 1000]]] * 3))  # was wrapped modulo 256 to 44 and 232
+
+
+@pytest.mark.parametrize(("values", "said"), [((0.0, 255.0), "0..255"), ((-0.5, 0.5), "-0.5..0.5"),
+                                              ((0.0, float("nan")), "nan")])
+def test_a_float_tensor_beyond_0_1_is_refused_not_clamped_to_white(values, said):
+    # torch.from_numpy(uint8_array).float(): 0..255, which clamping turned into a nearly white image.
+    tensor = torch.tensor([[list(values)]] * 3)
+    with pytest.raises(ValueError, match=f"a float tensor image must hold values in \\[0, 1\\], got .*{said}.*"
+                                         "divide a 0..255 tensor by 255"):
+        to_rgb_array(tensor)
+    assert to_rgb_array(torch.tensor([[[-0.004, 1.004]]] * 3)).tolist() == [[[0, 0, 0], [255, 255, 255]]]  # resampling
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3), (4, 0, 3), (0, 0)])
+def test_an_image_without_pixels_is_a_value_error(shape):
+    with pytest.raises(ValueError, match="the image has no pixels"):
+        to_rgb_array(np.zeros(shape, np.uint8))
     with pytest.raises(ValueError, match="tile must be at least 32"):
         pointwise_predictor(tile=16)
     with pytest.raises(ValueError, match="max_whole_pixels must be at least 1024"):

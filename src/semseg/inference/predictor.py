@@ -88,7 +88,13 @@ def to_rgb_array(image: ImageLike, *, max_pixels: int | None = None) -> np.ndarr
         array = image.detach().cpu()
         if not array.is_floating_point() and array.dtype != torch.uint8:
             raise ValueError(f"a tensor image must be float in [0, 1] or uint8, got {array.dtype}; scale it first")
-        array = (array.clamp(0, 1) * 255).round().byte() if array.is_floating_point() else array
+        if array.is_floating_point():
+            # Beyond [0, 1] by more than resampling's overshoot: a 0..255 tensor would clamp to a white image.
+            lo, hi = (float(array.min()), float(array.max())) if array.numel() else (0.0, 0.0)
+            if not (-0.01 <= lo and hi <= 1.01):  # NaN fails both
+                raise ValueError(f"a float tensor image must hold values in [0, 1], got {lo:g}..{hi:g}; divide a "
+                                 "0..255 tensor by 255, or pass it as uint8")  # fmt: skip
+            array = (array.clamp(0, 1) * 255).round().byte()
         image = array.permute(1, 2, 0).numpy()
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
@@ -97,6 +103,8 @@ def to_rgb_array(image: ImageLike, *, max_pixels: int | None = None) -> np.ndarr
             raise ValueError(f"an array image must be (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
         if image.dtype != np.uint8:
             raise ValueError(f"an array image must be uint8, got {image.dtype}; scale it to 0..255 first")
+        if 0 in image.shape[:2]:
+            raise ValueError(f"the image has no pixels ({image.shape[1]}x{image.shape[0]})")
         return np.ascontiguousarray(np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[..., :3])
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
