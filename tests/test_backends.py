@@ -219,7 +219,7 @@ def test_conversions_are_cached_by_the_files_hash(checkpoint, tmp_path, monkeypa
     monkeypatch.setenv("SEMSEG_CACHE_DIR", str(tmp_path / "cache"))
     Predictor.from_checkpoint(checkpoint)
     entries = sorted(p.name for p in (cache_dir() / "openvino").iterdir())
-    assert [p.split("-openvino-")[0] for p in entries] == [sha256(checkpoint)] * 2  # .bin and .xml, nothing left over
+    assert [p.split("-openvino-")[0] for p in entries] == [sha256(checkpoint)] * 3  # .bin, .sha256, .xml, nothing more
     copy = tmp_path / "renamed.safetensors"
     copy.write_bytes(checkpoint.read_bytes())
 
@@ -232,6 +232,30 @@ def test_conversions_are_cached_by_the_files_hash(checkpoint, tmp_path, monkeypa
     retrained = save_weights(model, tmp_path / "m.safetensors", **META)  # new weights under the old name
     with pytest.raises(AssertionError, match="converted again"):
         Predictor.from_checkpoint(retrained)
+
+
+@needs_openvino
+@pytest.mark.parametrize("damage", ["truncated", "overwritten"])
+def test_a_cache_entry_damaged_since_it_was_written_is_converted_anew(checkpoint, image, tmp_path, monkeypatch, damage):
+    monkeypatch.setenv("SEMSEG_CACHE_DIR", str(tmp_path / "cache"))
+    expected = Predictor.from_checkpoint(checkpoint, backend="torch")(image)
+    Predictor.from_checkpoint(checkpoint)
+    (weights,) = (cache_dir() / "openvino").glob("*.bin")
+    data = weights.read_bytes()
+    # Cut short: OpenVINO refuses it; the same size with other bytes: it would run and answer wrongly.
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else bytes(len(data)))
+    predictor = Predictor.from_checkpoint(checkpoint)
+    assert predictor.backend == "openvino" and np.array_equal(predictor(image), expected)
+    assert weights.read_bytes() == data  # the entry was rebuilt, not patched around
+
+
+@needs_openvino
+def test_an_ir_whose_bin_is_missing_says_so(checkpoint, tmp_path):
+    assert main(["export", str(checkpoint), "--format", "openvino", "--out", str(tmp_path / "ir")]) == 0
+    (tmp_path / "renamed.xml").write_bytes((tmp_path / "ir" / "m.xml").read_bytes())
+    with pytest.raises(ValueError, match=r"renamed\.xml is not a model OpenVINO can read \(Empty weights data in bin "
+                                         r"file or bin file cannot be found!\)"):
+        Predictor.from_checkpoint(tmp_path / "renamed.xml")
 
 
 @needs_openvino
