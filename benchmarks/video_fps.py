@@ -41,8 +41,8 @@ def main() -> None:
         for round_ in range(1, args.rounds + 1):
             for name, runner in (("one after another", sequential), ("pipelined", pipelined)):
                 predict.run_pipeline = runner  # segment_video looks it up at call time
-                frames, seconds = predict.segment_video(predictor, Path(args.clip), Path(tmp) / "out.mp4",
-                                                        progress=False)  # fmt: skip
+                frames, seconds, _ = predict.segment_video(predictor, Path(args.clip), Path(tmp) / "out.mp4",
+                                                           progress=False)  # fmt: skip
                 print(f"round {round_}, {predictor.backend}, {name}: {frames} frames, {frames / seconds:.1f} FPS",
                       flush=True)  # fmt: skip
 

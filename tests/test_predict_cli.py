@@ -218,6 +218,22 @@ def test_video_is_segmented_frame_by_frame_into_an_overlay_video(checkpoint, tmp
         assert np.abs(result.astype(np.float32) - swapped).mean() > 30
 
 
+def test_a_video_cut_short_is_segmented_as_far_as_it_goes_and_said(checkpoint, tmp_path, capsys):
+    clip = _write_video(tmp_path / "clip.avi", "MJPG")
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 3 // 4])  # the header still declares 6 frames
+    out = tmp_path / "out"
+    assert main(["predict", str(checkpoint), str(cut), "--out", str(out), "--quiet", "--no-overlay"]) == 0
+    video = json.loads((out / "summary.json").read_text())["videos"][str(cut)]
+    assert 0 < video["frames"] < 6 and video["declared_frames"] == 6
+    assert (f"semseg predict: warning: {cut}: only {video['frames']} of the 6 frames its header declares could be "
+            "decoded; the file may be cut short") in capsys.readouterr().err
+    assert main(["predict", str(checkpoint), str(clip), "--out", str(tmp_path / "whole"), "--quiet"]) == 0
+    assert "declared_frames" not in json.loads((tmp_path / "whole" / "summary.json").read_text())["videos"][str(clip)]
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_videos_in_folders_are_found_and_unreadable_ones_reported(checkpoint, images, tmp_path, capsys):
     _write_video(images / "b" / "clip.avi", "MJPG")
     (images / "b" / "x.mp4").write_bytes(b"not a video at all")

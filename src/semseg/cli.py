@@ -145,6 +145,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"semseg predict: skipped {item}: {reason}", file=sys.stderr)
     for item, video in summary["videos"].items():
         print(f"{item}: {video['frames']} frames at {video['fps']:.1f} fps -> {args.out}/{video['output']}")
+        if "declared_frames" in video:
+            print(f"semseg predict: warning: {item}: only {video['frames']} of the {video['declared_frames']} frames "
+                  "its header declares could be decoded; the file may be cut short", file=sys.stderr)  # fmt: skip
     print(f"{summary['images']} image(s) and {len(summary['videos'])} video(s) segmented, "
           f"{len(summary['failed'])} failed; outputs in {args.out}/")
     return 1 if summary["failed"] else 0

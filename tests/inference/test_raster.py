@@ -89,6 +89,16 @@ def test_output_keeps_crs_transform_and_size_tiled_and_compressed(tmp_path):
         assert probs.descriptions == tuple(CLASSES) and probs.compression == Compression.deflate
 
 
+@pytest.mark.parametrize("which", ["labels", "probabilities"])
+def test_an_output_that_is_the_input_raster_is_refused_and_the_input_kept(tmp_path, which):
+    source = write_tif(tmp_path / "in.tif", random_rgb(40, 50).transpose(2, 0, 1))
+    before = source.read_bytes()
+    outputs = {"target": source} if which == "labels" else {"target": tmp_path / "out.tif", "probs_target": source}
+    with pytest.raises(ValueError, match=r"in\.tif is the raster being read; write the labels to another file"):
+        predict_raster(context_predictor(tile=64), source, **outputs)
+    assert source.read_bytes() == before
+
+
 @pytest.mark.parametrize("how", ["nodata value", "alpha band"])
 def test_nodata_pixels_in_are_nodata_out(tmp_path, how):
     rgb = random_rgb(*SIZE, seed=1)

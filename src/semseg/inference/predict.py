@@ -303,7 +303,8 @@ def predict_videos(
     """Segment each video into ``out/videos/<stem>.mp4`` (``.avi`` stays ``.avi``); unreadable ones go to ``failed``.
 
     Returns, per input, ``{"output", "frames", "fps"}`` where ``fps`` is frames per wall-clock second
-    of the whole loop: decoding, segmenting, drawing the overlay and encoding.
+    of the whole loop: decoding, segmenting, drawing the overlay and encoding; plus ``declared_frames``
+    when fewer frames could be decoded than the container declares (a file cut short).
     """
     results = {}
     names = output_names(videos) if names is None else names
@@ -315,16 +316,19 @@ def predict_videos(
         suffix = ".avi" if path.suffix.lower() == ".avi" else ".mp4"
         target = _target(out, "videos", name + suffix)
         try:
-            frames, seconds = segment_video(predictor, path, target, progress=progress)
+            frames, seconds, declared = segment_video(predictor, path, target, progress=progress)
         except (ImportError, ValueError) as exc:
             failed[str(path)] = str(exc)
             continue
         results[str(path)] = {"output": f"videos/{target.name}", "frames": frames, "fps": round(frames / seconds, 2)}
+        if frames < declared:  # decoding stopped early: a file cut short (or a container's estimate too high)
+            results[str(path)]["declared_frames"] = declared
     return results
 
 
-def segment_video(predictor: Predictor, path: Path, target: Path, *, progress: bool = True) -> tuple[int, float]:
-    """Write the overlay of every frame of ``path`` to ``target``; returns (frames, seconds).
+def segment_video(predictor: Predictor, path: Path, target: Path, *, progress: bool = True) -> tuple[int, float, int]:
+    """Write the overlay of every frame of ``path`` to ``target``; returns (frames, seconds, the frame count
+    the container declares: 0 when it declares none; more than ``frames`` for a file cut short).
 
     Decoding, segmenting and drawing + encoding overlap in three threads
     (:func:`~semseg.inference.pipeline.run_pipeline`); every frame is written, in order.
@@ -362,7 +366,7 @@ def segment_video(predictor: Predictor, path: Path, target: Path, *, progress: b
             writer.release()
     if frames == 0:
         raise ValueError(f"no frames could be read from video {path}")
-    return frames, max(seconds, 1e-9)
+    return frames, max(seconds, 1e-9), max(count, 0)
 
 
 def _open_writer(cv2: Any, target: Path, fps: float, shape: tuple[int, ...]) -> Any:

@@ -101,6 +101,9 @@ def predict_raster(predictor: Predictor, source: str | Path, target: str | Path,
     rasterio = import_rasterio()
     source, target = Path(source), Path(target)
     probs_target = None if probs_target is None else Path(probs_target)
+    for output in (target, probs_target):  # checked first: the clean-up of a failure would delete the input too
+        if output is not None and output.resolve() == source.resolve():
+            raise ValueError(f"{output} is the raster being read; write the labels to another file")
     try:
         _stream(rasterio, predictor, source, target, probs_target, rows)
     except BaseException:  # a half-written raster would pass for a result
