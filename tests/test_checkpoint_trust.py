@@ -172,3 +172,15 @@ def test_a_checkpoint_without_what_prediction_needs_is_named(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert f"{path} lacks what prediction needs in its metadata (palette, mean, std)" in err
         assert err.count("\n") == 0
+
+
+def test_a_folder_or_a_torchscript_file_given_as_checkpoint_says_what_it_is(tmp_path):
+    from semseg.engine.checkpoint import read_metadata
+
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is a folder, not a checkpoint: pass a .safetensors file"):
+        read_metadata(tmp_path)
+    scripted = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(scripted))
+    with pytest.raises(ValueError, match=r"model\.pt is not a safetensors checkpoint but, by its name, a PyTorch "
+                                         r"pickle or TorchScript file: .*torch\.jit\.load"):
+        read_metadata(scripted)

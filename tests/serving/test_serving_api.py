@@ -168,6 +168,10 @@ def test_wrong_field_and_text_field_are_422(server, photo):
     assert error["code"] == "missing_field" and "fields sent: file" in error["message"]
     error = error_of(httpx.post(f"{server.url}/v1/segment", data={"image": "hello"}, files={"x": b"1"}), 422)
     assert error["code"] == "not_a_file"
+    two = [("image", ("a.png", photo.read_bytes(), "image/png")), ("image", ("b.png", photo.read_bytes(), "image/png"))]
+    error = error_of(httpx.post(f"{server.url}/v1/segment", files=two), 422)
+    assert error == {"status": 422, "code": "duplicate_field",
+                     "message": "the multipart form has 2 fields named 'image'; send one image a request"}
 
 
 def test_unsupported_content_type_is_415(server):

@@ -116,12 +116,20 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     and the bounds of ``infer_scale``.
     """
     path = resolve_checkpoint(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not a checkpoint: pass a .safetensors file (or an exported "
+                                ".onnx / .xml model to predict and serve with)")  # fmt: skip
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
     except (SafetensorError, OSError) as exc:
+        if path.suffix.lower() in (".pt", ".pth", ".ts"):
+            raise CheckpointError(f"{path} is not a safetensors checkpoint but, by its name, a PyTorch pickle or "
+                                  "TorchScript file: semseg runs .safetensors checkpoints and ONNX / OpenVINO exports "
+                                  "(a `semseg export --format torchscript` file runs with torch.jit.load; a "
+                                  "torchvision .pth becomes a semseg model through model.init_from)") from None  # fmt: skip
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); pass a checkpoint written by "
                               "semseg train or save_weights") from None  # fmt: skip
     if "model_config" not in raw:

@@ -163,7 +163,11 @@ async def _multipart_image(request: Request, body: bytes) -> bytes:
     except (MultiPartException, StarletteHTTPException) as exc:
         raise ApiError(400, "bad_multipart", f"the multipart body could not be parsed: {getattr(exc, 'detail', exc)}")
     try:
-        field = form.get("image")
+        fields = form.getlist("image")
+        if len(fields) > 1:  # which one the client meant is a guess: say so rather than take the last
+            raise ApiError(422, "duplicate_field", f"the multipart form has {len(fields)} fields named 'image'; "
+                           "send one image a request")  # fmt: skip
+        field = fields[0] if fields else None
         if field is None:
             sent = ", ".join(form.keys()) or "none"
             raise ApiError(422, "missing_field", f"the multipart form has no field 'image' (fields sent: {sent})")
