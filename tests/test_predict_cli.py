@@ -455,3 +455,12 @@ def test_a_model_of_more_than_256_classes_gets_exact_16_bit_label_maps(tmp_path)
     overlay = np.asarray(Image.open(tmp_path / "o" / "overlays" / "x.png"))
     red = np.array(palette)[labels][..., 0]
     assert np.abs(overlay[..., 0].astype(int) - np.round(0.5 * image[..., 0] + 0.5 * red)).max() <= 1
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_image_is_segmented(checkpoint, images, tmp_path, capsys):
+    blocker = tmp_path / "a.png"
+    blocker.write_bytes(b"x")
+    for out in (blocker, blocker / "sub"):
+        assert main(["predict", str(checkpoint), str(images / "a"), "--out", str(out), "--quiet"]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == f"semseg predict: error: --out {out}: {blocker} is a file; choose a folder for the outputs"

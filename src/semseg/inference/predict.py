@@ -89,6 +89,9 @@ def predict_files(
     overlay video, since that is its only output.
     """
     out = Path(out)
+    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"--out {out}: {blocker} is a file; choose a folder for the outputs")
     unknown = [c for c in cutout_classes if c not in predictor.classes]
     if unknown:
         raise ValueError(f"--cutout class(es) {', '.join(unknown)} not in the model's classes: {', '.join(predictor.classes)}")
