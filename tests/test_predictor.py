@@ -187,6 +187,10 @@ def test_bad_inputs_are_explained(tmp_path):
         to_rgb_array(torch.zeros(4, 4))
     with pytest.raises(ValueError, match="a tensor image must be float in \\[0, 1\\] or uint8, got torch.int64"):
         to_rgb_array(torch.tensor([[[300, 1000]]] * 3))  # was wrapped modulo 256 to 44 and 232
+    with pytest.raises(ValueError, match="tile must be at least 32"):
+        pointwise_predictor(tile=16)
+    with pytest.raises(ValueError, match="max_whole_pixels must be at least 1024"):
+        pointwise_predictor(max_whole_pixels=100)
 
 
 @pytest.mark.parametrize(("values", "said"), [((0.0, 255.0), "0..255"), ((-0.5, 0.5), "-0.5..0.5"),
@@ -204,10 +208,6 @@ def test_a_float_tensor_beyond_0_1_is_refused_not_clamped_to_white(values, said)
 def test_an_image_without_pixels_is_a_value_error(shape):
     with pytest.raises(ValueError, match="the image has no pixels"):
         to_rgb_array(np.zeros(shape, np.uint8))
-    with pytest.raises(ValueError, match="tile must be at least 32"):
-        pointwise_predictor(tile=16)
-    with pytest.raises(ValueError, match="max_whole_pixels must be at least 1024"):
-        pointwise_predictor(max_whole_pixels=100)
 
 
 def test_from_checkpoint_uses_the_checkpoints_classes_and_normalisation(tmp_path):

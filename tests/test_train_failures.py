@@ -92,10 +92,16 @@ def test_a_run_stopped_before_validating_ends_with_where_it_stands(recipe, tmp_p
     assert main(["train", str(recipe), f"--out={out}", "--val_every=2", "--stop-after=1", "--quiet"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"stopped after epoch 1 of 3 (not validated yet); --resume continues it; checkpoints in {out}/"
-    assert main(["train", str(recipe), f"--out={out}", "--val_every=2", "--resume", "--quiet"]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("val mIoU ")
+    assert main(["train", str(recipe), f"--out={out}", "--val_every=2", "--resume", "--stop-after=1", "--quiet"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]  # epoch 2 is validated, and the run is still not done
+    assert last.startswith("stopped after epoch 2 of 3 (val mIoU ") and last.endswith("; --resume continues it; "
+                                                                                   f"checkpoints in {out}/")  # fmt: skip
     assert main(["train", str(recipe), f"--out={out}", "--val_every=2", "--resume", "--quiet"]) == 0
     best = max(json.loads(line)["val_mIoU"] or 0 for line in (out / "log.jsonl").read_text().splitlines())
+    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["val_mIoU"]
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (f"val mIoU {last:.4f}, best val mIoU {best:.4f}; "
+                                                                f"checkpoints in {out}/")  # fmt: skip
+    assert main(["train", str(recipe), f"--out={out}", "--val_every=2", "--resume", "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == (f"{out}/ already holds 3 epochs of the recipe's 3 (best val mIoU "
                                                f"{best:.4f}); nothing to train: raise --epochs to go on")  # fmt: skip
 
@@ -194,3 +200,37 @@ def test_images_of_mixed_sizes_without_crops_are_one_line(recipe, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1, err
     assert err == f"semseg train: error: the images of one batch differ in size (64x40, 48x48): {said}"
+
+
+def test_resume_compares_the_recipe_as_the_checkpoint_stored_it(recipe, tmp_path):
+    """JSON turns int keys into strings and tuples into lists: an unchanged recipe must still resume."""
+    from semseg.engine.trainer import _recipe_changes, fit
+
+    mixed_size_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    overrides = [f"out={out}", "data.dataset=folder", f"data.root={tmp_path / 'data'}", "data.crop_size=[32, 32]",
+                 "data.options={classes: 2, value_map: {0: 0, 1: 1, 255: 255}}", "data.batch_size=2", "epochs=2"]  # fmt: skip
+    config = load_config(recipe, overrides)
+    config.data.crop_size = (32, 32)  # as a Python caller may build it
+    fit(config, stop_after=1, progress=False)
+    assert fit(config, resume=True, progress=False)["epochs_run"] == 1
+    stored = {"model": {"name": "lraspp", "options": {"backbone_weights": "/old/place/mnv3.pth"}}}
+    moved = {"model": {"name": "lraspp", "options": {"backbone_weights": "/new/place/mnv3.pth"}}}
+    assert _recipe_changes(stored, moved) == []  # a weight file only initialises; resuming loads the run's own
+    assert _recipe_changes({"amp": "bf16"}, {"amp": "none"}) == []  # a CPU without bf16 continues the run
+
+
+def test_resume_refuses_before_decoding_the_data(recipe, tmp_path, monkeypatch):
+    from semseg.engine import trainer
+
+    out = tmp_path / "run"
+    trainer.fit(load_config(recipe, [f"out={out}", "epochs=2"]), stop_after=1, progress=False)
+    monkeypatch.setattr(trainer, "build_datasets", lambda config: pytest.fail("the data were built first"))
+    with pytest.raises(ConfigError, match=r"optim\.lr \(0\.05 -> 0\.1\)"):
+        trainer.fit(load_config(recipe, [f"out={out}", "epochs=2", "optim.lr=0.1"]), resume=True, progress=False)
+
+
+def test_a_mistyped_resume_folder_is_not_created(recipe, tmp_path, capsys):
+    out = tmp_path / "typo" / "run"
+    assert main(["train", str(recipe), f"--out={out}", "--resume", "--quiet"]) == 1
+    assert "cannot resume" in capsys.readouterr().err and not (tmp_path / "typo").exists()

@@ -100,9 +100,10 @@ def _train_summary(result: dict[str, Any], epochs: int, out: str) -> str:
     best = f"best val mIoU {result['best_mIoU']:.4f}" if math.isfinite(result["best_mIoU"]) else "not validated yet"
     if not result["epochs_run"]:
         return f"{out}/ already holds {done} epochs of the recipe's {epochs} ({best}); nothing to train: raise --epochs to go on"
-    if "mIoU" not in result:  # stopped (--stop-after) after an epoch without validation
-        return f"stopped after epoch {done} of {epochs} ({best}); --resume continues it; checkpoints in {out}/"
-    return f"val mIoU {result['mIoU']:.4f} (best {result['best_mIoU']:.4f}); checkpoints in {out}/"
+    last = f"val mIoU {result['mIoU']:.4f}, " if "mIoU" in result else ""
+    if done < epochs:  # --stop-after
+        return f"stopped after epoch {done} of {epochs} ({last}{best}); --resume continues it; checkpoints in {out}/"
+    return f"{last}{best}; checkpoints in {out}/"
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -33,15 +33,15 @@ class RunFolderError(ValueError):
 
 def prepare(out: Path, *, resume: bool, overwrite: bool) -> None:
     """Make ``out`` ready: refuse to mix a fresh run into an earlier one unless told to overwrite it."""
-    try:  # now, not when the first epoch's log is written
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise RunFolderError(f"out: {out} is a file or lies under one; choose a folder") from None
     existing = [name for name in RUN_FILES if (out / name).exists()] + (["tensorboard/"] if (out / "tensorboard").is_dir() else [])
     if resume:
         if overwrite:
             raise RunFolderError("--resume and --overwrite contradict each other; choose one")
         return
+    try:  # now, not when the first epoch's log is written
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RunFolderError(f"out: {out} is a file or lies under one; choose a folder") from None
     if existing and not overwrite:
         raise RunFolderError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
                              "--overwrite to replace it, or choose another out: folder")  # fmt: skip

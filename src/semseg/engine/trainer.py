@@ -40,7 +40,7 @@ from semseg.engine.schedules import cosine_schedule, poly_schedule
 from semseg.engine.train import TrainForward, train_one_epoch
 from semseg.losses import CrossEntropyLoss, DiceLoss, FocalLoss, LovaszSoftmaxLoss, OhemCrossEntropyLoss, WeightedSum
 from semseg.metrics import metrics_from_confusion
-from semseg.registry import create_model
+from semseg.registry import WEIGHT_FILE_OPTIONS, create_model
 from semseg.typecheck import OptionError, check_options
 from semseg.visualize import plot_curves
 
@@ -75,6 +75,8 @@ def _fit(
 ) -> dict[str, Any]:
     out = Path(config.out)
     summary_writer = _summary_writer_class(config)  # before any work: fails if asked for but not installed
+    if resume:  # before the data are decoded and the model built
+        _check_same_recipe(out, config)
     torch.manual_seed(config.seed)  # same initial weights on every rank
     data = build_datasets(config)
     in_channels = config.model.options.get("in_channels", data.channels)
@@ -136,7 +138,7 @@ def _fit(
         run_folder.prepare(out, resume=resume, overwrite=overwrite)
     distributed.barrier()
     if resume:
-        start_epoch, history, best = _restore(out, config, list(data.classes), model, optimizer, scheduler, scaler,
+        start_epoch, history, best = _restore(out, list(data.classes), model, optimizer, scheduler, scaler,
                                               dist, ema, distill=None if distiller is None else distiller.identity)  # fmt: skip
     metadata = _metadata(config, data)
     if distiller is not None:  # which file taught it, beyond the name or path in the config
@@ -307,11 +309,33 @@ def _state(epoch, history, best, optimizer, scheduler, scaler) -> dict[str, Any]
 
 # Recipe keys a resumed run may change: where things are and how often to look, not what is trained.
 # ``epochs`` may grow (the schedule stretches to the new total); the dataset may move (its classes are checked).
+# ``amp`` may change with the device (bf16 on a CPU that has it, none on one without): the weights stay fp32.
 RESUMABLE_CHANGES = frozenset({
-    "epochs", "out", "tensorboard", "device", "dist_timeout_s", "max_nonfinite", "val_every", "channels_last",
+    "epochs", "out", "tensorboard", "device", "amp", "dist_timeout_s", "max_nonfinite", "val_every", "channels_last",
     "data.dataset", "data.root", "data.workers", "data.cache", "data.val_batch_size", "model.init_from",
     "distill.teacher",  # the teacher file's SHA-256 is compared instead
 })  # fmt: skip
+
+
+def _check_same_recipe(out: Path, config: TrainConfig) -> None:
+    """Refuse to ``--resume`` ``out`` with a recipe that differs from its own (:func:`_recipe_changes`).
+
+    A changed LR or model would otherwise be silently ignored (the state's schedule wins) or fail deep
+    in ``load_state_dict``. Read from ``last.safetensors`` (or, before the first rename, ``next.*``); a
+    folder with neither is left to :func:`_restore` to report.
+    """
+    for name in (run_folder.WEIGHTS, run_folder.NEXT_WEIGHTS):
+        if (out / name).is_file():
+            changes = _recipe_changes(read_metadata(out / name).get("config", {}), config.to_dict())
+            if changes:
+                raise ConfigError(_not_resumable(out, changes))
+            return
+
+
+def _not_resumable(out: Path, changes: list[str]) -> str:
+    return (f"--resume continues {out} as it was started; these settings differ from its recipe: {'; '.join(changes)}. "
+            "Resume with the run's own settings (epochs, paths, workers, the device and amp may change), or keep its "
+            f"weights in a new run: another out: with model.init_from: {out / run_folder.WEIGHTS}")
 
 
 def _recipe_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -326,6 +350,11 @@ def _recipe_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str
                 for section, value in config.items()
                 for key, inner in (value.items() if isinstance(value, dict) and section in _SECTIONS else [(None, value)])}  # fmt: skip
 
+    current = json.loads(json.dumps(current))  # as the checkpoint stored it: tuples as lists, int keys as strings
+    for config in (stored, current):  # weight files only initialise: resuming loads the run's own weights
+        options = config.get("model", {}).get("options", {})
+        for key in WEIGHT_FILE_OPTIONS & options.keys():
+            options[key] = None
     old, new = flat(stored), flat(current)
     return [f"{key} ({old[key]!r} -> {value!r})" for key, value in new.items()
             if key in old and key not in RESUMABLE_CHANGES and old[key] != value]  # fmt: skip
@@ -334,12 +363,11 @@ def _recipe_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str
 _SECTIONS = ("model", "data", "optim", "loss", "distill")
 
 
-def _restore(out: Path, config: TrainConfig, classes: list[str], model, optimizer, scheduler, scaler, dist: distributed.DistInfo,
+def _restore(out: Path, classes: list[str], model, optimizer, scheduler, scaler, dist: distributed.DistInfo,
              ema: AveragedModel | None = None, distill: dict[str, Any] | None = None) -> tuple[int, list, float]:  # fmt: skip
     """Load ``last.*`` from ``out`` (after finishing any interrupted commit); returns (epochs done, history, best mIoU).
 
-    ``config`` must be the run's own recipe, up to :data:`RESUMABLE_CHANGES`: a changed LR or model
-    would be silently ignored (the state's schedule wins) or fail deep in ``load_state_dict``.
+    ``classes`` (the dataset's) must be the run's own; :func:`_check_same_recipe` has compared the rest.
     With ``ema``, ``last.safetensors`` holds the average and the state file the trained weights.
     ``distill`` (:attr:`Distiller.identity`: teacher file, weight, temperature) must be the run's own."""
     if dist.is_main:
@@ -360,13 +388,8 @@ def _restore(out: Path, config: TrainConfig, classes: list[str], model, optimize
         raise ConfigError(f"{out} was trained with {_teacher(state.get('distill'))} and this run has "
                           f"{_teacher(distill)}; resume it with the distill settings it was started with, or "
                           "start again with --overwrite")  # fmt: skip
-    changes = _recipe_changes(meta.get("config", {}), config.to_dict())
     if meta["classes"] != classes:
-        changes.append(f"the dataset's classes ({meta['classes']} -> {classes})")
-    if changes:
-        raise ConfigError(f"--resume continues {out} as it was started; these settings differ from its recipe: "
-                          f"{'; '.join(changes)}. Resume with the run's own settings (only epochs, paths, workers "
-                          "and the like may change), or start a new run (--overwrite, or another out:)")  # fmt: skip
+        raise ConfigError(_not_resumable(out, [f"the dataset's classes ({meta['classes']} -> {classes})"]))
     if ema is None:
         model.load_state_dict(load_file(str(weights)))
     else:
@@ -459,7 +482,8 @@ def _check_finite(model: nn.Module, epoch: int) -> None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise FloatingPointError(
                 f"after epoch {epoch} the weights hold NaN or infinite values ({name}), so they were not saved; "
-                "lower optim.lr or set clip_grad_norm and train again (--overwrite)"
+                "lower optim.lr or set clip_grad_norm and train again: from the start (--overwrite), or from the "
+                "last saved epoch in a new run (another out: with model.init_from: OUT/last.safetensors)"
             )
 
 
