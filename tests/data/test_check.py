@@ -55,7 +55,7 @@ def test_every_planted_problem_is_reported_with_its_file(tmp_path, save, rgb, ca
     report = check_path(yml)
     assert not report.ok
     by_file = {Path(f).name: m for f, m in report.errors}
-    assert "7, 9 are not mapped to a class (known values: 0, 1, 2, 255)" in by_file["label.png"]
+    assert "7, 9 are not classes 0..2 or ignore_index 255" in by_file["label.png"]  # no value_map of the user's
     assert "mask is 4x4 but image" in by_file["size.png"]
     assert "unreadable mask" in by_file["cut.png"] and "truncated" in by_file["cut.png"]
     assert "image has no mask" in by_file["lonely.jpg"]

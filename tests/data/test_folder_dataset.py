@@ -195,3 +195,21 @@ def test_a_mask_of_the_stored_not_the_upright_photo_is_refused_naming_the_exif_t
         FolderDataset(tmp_path, classes=3).raw(0)
     report = check_path("folder", tmp_path)
     assert not report.ok and any(note in problem for _, problem in report.errors)
+
+
+@pytest.mark.parametrize("orientation", [3, 6])
+def test_data_check_warns_about_every_photo_read_turned(tmp_path, rgb, orientation):
+    # Orientation 3 (upside down) keeps the size: a mask of the stored pixels cannot be caught by its size.
+    from semseg.data.check import check_path
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    (tmp_path / "images").mkdir()
+    Image.fromarray(rgb(4, 4)).save(tmp_path / "images" / "a.png", exif=exif)
+    Image.fromarray(rgb(4, 4)).save(tmp_path / "images" / "b.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save((tmp_path / "masks").mkdir() or tmp_path / "masks" / "a.png")
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "masks" / "b.png")
+    report = check_path("folder", tmp_path)
+    assert report.ok
+    assert (f"1 image(s) carry an EXIF orientation, so they are read turned upright (as viewers show them), and "
+            f"their masks must match that upright view: {tmp_path / 'images' / 'a.png'}") in report.warnings

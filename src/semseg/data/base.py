@@ -388,6 +388,8 @@ class MaskDecoder:
         if value_map is None and colors is None:
             value_map = {i: i for i in range(num_classes)} | {ignore_index: ignore_index}
         self.value_map = None if value_map is None else {int(k): int(v) for k, v in value_map.items()}
+        # Stored values are the classes themselves (no map given, or one that says just that).
+        self.identity = self.value_map == {i: i for i in range(num_classes)} | {ignore_index: ignore_index}
         targets = (self.colors or self.value_map or {}).values()
         bad = sorted({t for t in targets if not (0 <= t < num_classes or t == ignore_index)})
         if bad:

@@ -51,6 +51,7 @@ class SplitStats:
     present_pixels: Counter = field(default_factory=Counter)  # label -> total pixels of masks holding it
     bad_values: Counter = field(default_factory=Counter)  # stored value -> number of masks holding it
     bands: BandMoments = field(default_factory=BandMoments)  # per-band moments (full-precision data only)
+    turned: list[str] = field(default_factory=list)  # images an EXIF orientation turns upright when read
 
 
 def median_frequency_weights(class_pixels: Sequence[int], present_pixels: Sequence[int]) -> np.ndarray:
@@ -283,6 +284,10 @@ def check_dataset(
         warnings.append(
             f"classes not declared: assumed {num_classes} from the mask values; describe them to check labels"
         )
+    turned = [path for s in stats.values() for path in s.turned]
+    if turned:  # a mask of the stored pixels is refused only when the turn changes the size: say it for all
+        warnings.append(f"{len(turned)} image(s) carry an EXIF orientation, so they are read turned upright (as "
+                        f"viewers show them), and their masks must match that upright view: {list_some(turned)}")
     if class_names is None or len(class_names) != num_classes:
         class_names = tuple(f"class{i}" for i in range(num_classes))
     weights_split = "train" if "train" in stats else "all"
@@ -311,7 +316,10 @@ def _check_pair(
             with Image.open(image_path) as im:
                 im.seek(0)
                 im.load()  # PIL decodes lazily: without this a truncated file passes
-                size = im.size[::-1] if exif_orientation(im) >= 5 else im.size  # as training reads it: upright
+                orientation = exif_orientation(im)
+                size = im.size[::-1] if orientation >= 5 else im.size  # as training reads it: upright
+                if orientation != 1:
+                    s.turned.append(str(image_path))
                 if im.mode == "F":
                     problems.append((str(image_path), "floating-point image (mode F): read it at full precision "
                                                       "(bands: 1 in the dataset description)"))  # fmt: skip
@@ -352,7 +360,7 @@ def _tally(values: list[Any], counts: Sequence[int], pixels: int, mask_path: Pat
         if colour:
             message = (f"mask colours {list_some(bad)} are not in the colour table: give them to a class (its color) "
                        "or skip one with ignore_color")  # fmt: skip
-        elif decoder is not None and decoder.value_map is not None:  # the message training would stop with
+        elif decoder is not None and decoder.value_map is not None and not decoder.identity:  # as training says
             message = (f"mask values {list_some(bad)} are not mapped to a class (known values: "
                        f"{list_some(sorted(decoder.value_map))}); a value_map must list every stored value")  # fmt: skip
         else:
