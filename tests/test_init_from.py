@@ -155,3 +155,15 @@ def test_an_unreadable_pth_is_one_line_naming_the_file(tmp_path, damage):
     with pytest.raises(ValueError, match=r"weights.pth is not a readable PyTorch weights file: damaged, cut short, or "
                                          r"not written by torch.save \(\w+\); a safetensors file must end in"):
         read_state_dict(path)
+
+
+def test_a_pth_holding_python_objects_besides_tensors_says_so_and_how_to_save_weights(tmp_path):
+    import argparse
+
+    from semseg.backbones.weights import read_state_dict
+
+    path = tmp_path / "lightning.pth"
+    torch.save({"state_dict": {"a": torch.zeros(2)}, "hparams": argparse.Namespace(lr=0.1)}, path)
+    with pytest.raises(ValueError, match=r"lightning\.pth holds Python objects besides tensors \(argparse\.Namespace\), "
+                                         r"which semseg does not unpickle .*save just its weights"):
+        read_state_dict(path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,7 +48,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if suffix in (".pth", ".pt"):
         try:  # weights_only: tensors and plain containers only, never code from the file
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError, IndexError) as exc:
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            if found is None:
+                raise ValueError(f"{path} is not a readable PyTorch weights file: damaged, cut short, or not written "
+                                 "by torch.save (UnpicklingError); a safetensors file must end in .safetensors") from None  # fmt: skip
+            raise ValueError(f"{path} holds Python objects besides tensors ({found.group(1)}), which semseg does not "
+                             "unpickle (they could run code); where you trust the file, save just its weights: "
+                             "torch.save(torch.load(FILE, weights_only=False)['state_dict'], 'weights.pth')") from None  # fmt: skip
+        except (RuntimeError, EOFError, KeyError, ValueError, IndexError) as exc:
             raise ValueError(f"{path} is not a readable PyTorch weights file: damaged, cut short, or not written by "
                              f"torch.save ({type(exc).__name__}); a safetensors file must end in .safetensors") from None  # fmt: skip
     elif suffix == ".safetensors":
