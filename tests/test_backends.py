@@ -219,7 +219,7 @@ def test_conversions_are_cached_by_the_files_hash(checkpoint, tmp_path, monkeypa
     monkeypatch.setenv("SEMSEG_CACHE_DIR", str(tmp_path / "cache"))
     Predictor.from_checkpoint(checkpoint)
     entries = sorted(p.name for p in (cache_dir() / "openvino").iterdir())
-    assert [p.split("-openvino-")[0] for p in entries] == [sha256(checkpoint)] * 3  # .bin, .sha256, .xml, nothing more
+    assert [p.split("-openvino-")[0] for p in entries] == [sha256(checkpoint)] * 3  # .bin, .stamp, .xml, nothing more
     copy = tmp_path / "renamed.safetensors"
     copy.write_bytes(checkpoint.read_bytes())
 

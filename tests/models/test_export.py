@@ -96,3 +96,15 @@ def test_export_into_a_path_under_a_file_is_one_line(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
     with pytest.raises(ValueError, match="a file stands where a folder of that path should be"):
         export(checkpoint, tmp_path / "a.png" / "x.onnx", check_sizes=NEW_SIZES[:1])
+
+
+def test_export_writes_through_a_link_and_refuses_a_folder_up_front(tmp_path):
+    model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2)
+    checkpoint = save_weights(model, tmp_path / "unet.safetensors", **META)
+    (tmp_path / "v3.onnx").write_bytes(b"old")
+    (tmp_path / "current.onnx").symlink_to("v3.onnx")
+    export(checkpoint, tmp_path / "current.onnx", check_sizes=NEW_SIZES[:1])
+    assert (tmp_path / "current.onnx").is_symlink() and onnx.load(str(tmp_path / "v3.onnx")).graph.node
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match=r"--out .*folder is a folder; name the file to write"):
+        export(checkpoint, tmp_path / "folder", check_sizes=NEW_SIZES[:1])

@@ -293,10 +293,8 @@ def cached_openvino(checkpoint: str | Path) -> Path:
 
     name = f"{sha256(checkpoint)}-openvino-{ov.__version__.split('-')[0]}.xml"
     for folder in (cache_dir() / "openvino", Path(tempfile.gettempdir()) / f"semseg-{os.getuid()}" / "openvino"):
-        if (folder / name).is_file():
-            if _cache_digest(folder / name) == _stored_digest(folder / name):
-                return folder / name
-            _discard(folder / name)  # damaged (or from a version that stored no digest): convert anew
+        if (folder / name).is_file() and _cache_stamp(folder / name) == _stored_stamp(folder / name):
+            return folder / name  # else damaged, or from a version that stored no stamp: converted anew, over it
         try:
             folder.mkdir(parents=True, exist_ok=True)
             scratch = Path(tempfile.mkdtemp(dir=folder, prefix=".converting-"))
@@ -309,9 +307,11 @@ def cached_openvino(checkpoint: str | Path) -> Path:
     target, fresh = folder / name, scratch / name
     try:
         export(checkpoint, fresh, fmt="openvino", check_sizes=((64, 64),))
-        fresh.with_suffix(".sha256").write_text(_cache_digest(fresh))
-        for suffix in (".bin", ".sha256", ".xml"):  # the .xml last: it marks the entry done
+        for suffix in (".bin", ".xml"):  # the .xml last: it marks the entry done
             os.replace(fresh.with_suffix(suffix), target.with_suffix(suffix))
+        stamp = fresh.with_suffix(".stamp")  # of the files in place: a rename keeps size and mtime
+        stamp.write_text(_cache_stamp(target))
+        os.replace(stamp, target.with_suffix(".stamp"))
     finally:
         for leftover in scratch.iterdir():
             leftover.unlink()
@@ -319,23 +319,18 @@ def cached_openvino(checkpoint: str | Path) -> Path:
     return target
 
 
-def _cache_digest(xml: Path) -> str:
-    """SHA-256 of a cached IR's ``.xml`` and ``.bin`` (~10 ms for LR-ASPP's 13 MB): the cache is re-read by
-    every later command, so a file damaged since (cut short, overwritten) is caught, not run."""
+def _cache_stamp(xml: Path) -> str:
+    """Size and modification time of a cached IR's ``.xml`` and ``.bin``, as written: every later command
+    re-reads the entry, so one damaged since (cut short, overwritten) is converted anew, not run. Cheaper
+    than hashing (VGG16-FCN-8s' ``.bin`` is 0.5 GB) and enough for a cache semseg alone writes."""
     try:
-        return f"{sha256(xml)} {sha256(xml.with_suffix('.bin'))}"
+        return " ".join(f"{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in (xml, xml.with_suffix(".bin")))
     except OSError:
         return "unreadable"
 
 
-def _stored_digest(xml: Path) -> str | None:
+def _stored_stamp(xml: Path) -> str | None:
     try:
-        return xml.with_suffix(".sha256").read_text().strip()
+        return xml.with_suffix(".stamp").read_text().strip()
     except OSError:
         return None
-
-
-def _discard(xml: Path) -> None:
-    """Remove a cache entry, its ``.xml`` first (another process then converts anew rather than read it)."""
-    for suffix in (".xml", ".bin", ".sha256"):
-        xml.with_suffix(suffix).unlink(missing_ok=True)

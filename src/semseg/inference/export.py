@@ -81,22 +81,25 @@ def export(
 def staged(out: Path, checkpoint: str | Path) -> Iterator[Path]:
     """A path to write ``out`` at, in a hidden folder beside it, that replaces ``out`` (an IR's ``.bin``
     first, then its ``.xml``) only when the block ends without an error: an export that fails its
-    checks, or is interrupted, never leaves a file at ``out``. Refuses an ``out`` that would replace
-    the ``checkpoint`` being exported."""
+    checks, or is interrupted, never leaves a file at ``out`` (a killed process can leave the hidden
+    folder). Refuses an ``out`` that would replace the ``checkpoint`` being exported."""
     source = resolve_checkpoint(checkpoint).resolve()
-    files = (out.with_suffix(".bin"), out) if out.suffix.lower() == ".xml" else (out,)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name the file to write (e.g. {out / 'model.onnx'})")
+    # Through links, as writing the file in place would: `current.onnx -> v3.onnx` updates v3.onnx.
+    files = tuple(Path(os.path.realpath(f)) for f in ((out.with_suffix(".bin"), out) if out.suffix.lower() == ".xml" else (out,)))
     for target in files:
-        if target.resolve() == source:
+        if target == source:
             raise ValueError(f"--out {target} is the checkpoint being exported; write the export to another file")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ValueError(f"cannot write {out}: a file stands where a folder of that path should be") from None
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".semseg-export-") as tmp:
+    with tempfile.TemporaryDirectory(dir=files[-1].parent, prefix=".semseg-export-") as tmp:
         path = Path(tmp) / out.name
         yield path
-        for target in files:
-            os.replace(path.with_name(target.name), target)
+        for target, written in zip(files, (path.with_suffix(".bin"), path) if len(files) == 2 else (path,)):
+            os.replace(written, target)
 
 
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path, metadata: dict[str, str]) -> None:
