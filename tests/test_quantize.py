@@ -114,8 +114,9 @@ def test_openvino_int8_export_is_quantized_keeps_metadata_and_runs(checkpoint, i
     assert predictor.classes == ["a", "b", "c"]
     labels = predictor(images[0])
     assert labels.shape == (48, 64) and (labels == Predictor.from_checkpoint(checkpoint)(images[0])).mean() > 0.5
-    refused = _semseg("export", str(checkpoint), "--format", "openvino", "--out", str(tmp_path / "bad.xml"),
-                      "--int8", str(images[0].parent), "--min-agreement", "1.01")  # fmt: skip
+    refuse = ("from semseg.inference.quantize import export_int8_openvino as q; import sys; "  # above any agreement
+              f"q({str(checkpoint)!r}, {str(tmp_path / 'bad.xml')!r}, {[str(i) for i in images]!r}, min_agreement=1.01)")
+    refused = subprocess.run([sys.executable, "-c", refuse], capture_output=True, text=True)
     assert refused.returncode == 1 and "was not kept" in refused.stderr
     assert not (tmp_path / "bad.xml").exists() and not (tmp_path / "bad.bin").exists()
 
