@@ -253,8 +253,7 @@ def test_a_cache_entry_damaged_since_it_was_written_is_converted_anew(checkpoint
 def test_an_ir_whose_bin_is_missing_says_so(checkpoint, tmp_path):
     assert main(["export", str(checkpoint), "--format", "openvino", "--out", str(tmp_path / "ir")]) == 0
     (tmp_path / "renamed.xml").write_bytes((tmp_path / "ir" / "m.xml").read_bytes())
-    with pytest.raises(ValueError, match=r"renamed\.xml is not a model OpenVINO can read \(Empty weights data in bin "
-                                         r"file or bin file cannot be found!\)"):
+    with pytest.raises(ValueError, match=r"renamed\.xml is not a model OpenVINO can read \([^)]*bin file[^)]*\)"):
         Predictor.from_checkpoint(tmp_path / "renamed.xml")
 
 
