@@ -88,7 +88,8 @@ def test_int8_export_refuses_when_labels_disagree_too_often(checkpoint, images, 
 
 def test_int8_export_makes_the_folders_of_its_path(checkpoint, images, tmp_path):
     out = tmp_path / "new" / "sub" / "m8.onnx"
-    export_int8(checkpoint, out, images)
+    done = _semseg("export", str(checkpoint), "--out", str(out), "--int8", str(images[0].parent))
+    assert done.returncode == 0, done.stderr
     assert onnx.load(str(out)).graph.node and sorted(p.name for p in out.parent.iterdir()) == ["m8.onnx"]
 
 
