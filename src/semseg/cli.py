@@ -21,46 +21,26 @@ BACKEND_HELP = ("auto (default): OpenVINO where installed (a checkpoint on the C
 _OVERRIDE = re.compile(r"--[A-Za-z_][\w.]*=.*")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number_type(convert: Any, ok: Any, name: str, bounds: str = "") -> Any:
+    """An argparse ``type``: ``convert(text)`` where ``ok`` holds, else "expected NAME[BOUNDS], got ..."."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not ok(value):  # NaN fails every bound
+            raise argparse.ArgumentTypeError(f"expected {name}{bounds}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def _share(text: str) -> float:
-    """A fraction in [0, 1] (``--min-agreement``): NaN would pass every comparison, 2 fail after the work."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1 (e.g. 0.95), got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    """A TCP port, 0..65535 (0: any free port)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number in 0..65535, got {value}")
-    return value
+_positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
+_positive_float = _number_type(float, lambda v: 0 < v < math.inf, "a positive number")
+# --min-agreement: NaN would pass every comparison, 2 fail only after the whole export.
+_share = _number_type(float, lambda v: 0 <= v <= 1, "a share between 0 and 1", " (e.g. 0.95)")
+_port = _number_type(int, lambda v: 0 <= v <= 65535, "a port number", " in 0..65535")  # 0: any free port
 
 
 def _device(text: str) -> str:
