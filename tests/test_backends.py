@@ -129,13 +129,11 @@ def test_predict_runs_an_onnx_file_with_no_backend_given(checkpoint, image, tmp_
 @needs_openvino
 @pytest.mark.parametrize("out", ["ir", "ir/named.xml"])
 def test_openvino_export_keeps_the_metadata(checkpoint, image, tmp_path, capsys, out):
-    import openvino as ov
-
     assert main(["export", str(checkpoint), "--format", "openvino", "--out", str(tmp_path / out)]) == 0
     xml = tmp_path / ("ir/m.xml" if out == "ir" else out)
     assert f"wrote {xml} and its .bin" in capsys.readouterr().out
     assert xml.with_suffix(".bin").is_file()
-    ir = ov.Core().read_model(str(xml))
+    ir = backends.openvino_core().read_model(str(xml))
     assert json.loads(ir.get_rt_info(["semseg", "classes"]).astype(str)) == CLASSES
     assert json.loads(ir.get_rt_info(["semseg", "model_config"]).astype(str))["name"] == "unet"
     predictor = Predictor.from_checkpoint(xml)
@@ -207,7 +205,7 @@ def test_unusable_openvino_files_are_named(checkpoint, image, tmp_path, capsys):
     assert main(["predict", str(junk), str(image), "--out", str(tmp_path / "o")]) == 1
     assert "junk.xml is not a model OpenVINO can read" in capsys.readouterr().err
     assert main(["export", str(checkpoint), "--format", "openvino", "--out", str(tmp_path / "ir")]) == 0
-    full = ov.Core().read_model(str(tmp_path / "ir" / "m.xml"))
+    full = backends.openvino_core().read_model(str(tmp_path / "ir" / "m.xml"))
     bare = ov.Model(full.get_results(), full.get_parameters(), "bare")  # the same graph without its rt_info
     ov.save_model(bare, str(tmp_path / "bare.xml"), compress_to_fp16=False)
     with pytest.raises(ValueError, match=r"bare\.xml lacks semseg metadata \(classes, palette, mean, std\)"):
@@ -247,6 +245,25 @@ def test_a_cache_entry_damaged_since_it_was_written_is_converted_anew(checkpoint
     predictor = Predictor.from_checkpoint(checkpoint)
     assert predictor.backend == "openvino" and np.array_equal(predictor(image), expected)
     assert weights.read_bytes() == data  # the entry was rebuilt, not patched around
+
+
+@needs_openvino
+def test_openvino_models_freed_in_the_order_they_were_made_leave_signal_handling_working(checkpoint, tmp_path):
+    # OpenVINO's CPU plugin swaps in an alternate signal stack of its own per Core and unmaps it when
+    # freed; with one Core per model, freeing the first-made model first left the thread on an unmapped
+    # stack, and the next signal Python handled (Ctrl-C, a DataLoader worker's exit) was a SIGSEGV.
+    assert main(["export", str(checkpoint), "--format", "openvino", "--out", str(tmp_path / "ir")]) == 0
+    code = f"""
+import os, signal
+from semseg.inference.backends import OpenVinoModel
+first, second = OpenVinoModel({str(tmp_path / "ir" / "m.xml")!r}), OpenVinoModel({str(tmp_path / "ir" / "m.xml")!r})
+del first, second
+signal.signal(signal.SIGUSR1, lambda *_: print("handled"))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("alive")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (done.returncode, done.stdout.split()) == (0, ["handled", "alive"]), done.stderr
 
 
 @needs_openvino

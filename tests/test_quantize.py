@@ -14,6 +14,7 @@ from PIL import Image
 import semseg
 from semseg.cli import main
 from semseg.engine.checkpoint import save_weights
+from semseg.inference.backends import openvino_core
 from semseg.inference.predictor import Predictor
 from semseg.inference.quantize import calibration_batches, export_int8, label_agreement
 
@@ -88,8 +89,7 @@ def test_int8_export_refuses_when_labels_disagree_too_often(checkpoint, images, 
 
 def test_int8_export_makes_the_folders_of_its_path(checkpoint, images, tmp_path):
     out = tmp_path / "new" / "sub" / "m8.onnx"
-    done = _semseg("export", str(checkpoint), "--out", str(out), "--int8", str(images[0].parent))
-    assert done.returncode == 0, done.stderr
+    export_int8(checkpoint, out, images)
     assert onnx.load(str(out)).graph.node and sorted(p.name for p in out.parent.iterdir()) == ["m8.onnx"]
 
 
@@ -108,23 +108,13 @@ def test_openvino_int8_export_is_quantized_keeps_metadata_and_runs(checkpoint, i
     assert done.returncode == 0, done.stderr
     assert f"wrote {out} (int8, calibrated on 4 images)" in done.stdout
     assert out.is_file() and out.with_suffix(".bin").is_file()
-    # Read and run in a fresh process, as a deployment would: compiling the int8 IR in this long-lived
-    # test process, after the hundreds of OpenVINO and ONNX Runtime models the suite builds before it,
-    # crashed it (SIGSEGV) in the full suite, never alone.
-    check = f"""
-import json, openvino as ov
-from semseg.inference.predictor import Predictor
-model = ov.Core().read_model({str(out)!r})
-assert "FakeQuantize" in {{op.get_type_name() for op in model.get_ops()}}  # int8, not the fp32 graph
-assert json.loads(model.get_rt_info(["semseg", "quantized"]).astype(str)) == "int8"
-predictor = Predictor.from_checkpoint({str(out)!r}, backend="openvino")
-assert predictor.classes == ["a", "b", "c"]
-labels = predictor({str(images[0])!r})
-fp32 = Predictor.from_checkpoint({str(checkpoint)!r}, backend="torch")({str(images[0])!r})
-assert labels.shape == (48, 64) and (labels == fp32).mean() > 0.5, (labels == fp32).mean()
-"""
-    checked = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
+    model = openvino_core().read_model(str(out))
+    assert "FakeQuantize" in {op.get_type_name() for op in model.get_ops()}  # int8, not the fp32 graph
+    assert json.loads(model.get_rt_info(["semseg", "quantized"]).astype(str)) == "int8"
+    predictor = Predictor.from_checkpoint(out, backend="openvino")
+    assert predictor.classes == ["a", "b", "c"]
+    labels = predictor(images[0])
+    assert labels.shape == (48, 64) and (labels == Predictor.from_checkpoint(checkpoint)(images[0])).mean() > 0.5
     refuse = ("from semseg.inference.quantize import export_int8_openvino as q; import sys; "  # above any agreement
               f"q({str(checkpoint)!r}, {str(tmp_path / 'bad.xml')!r}, {[str(i) for i in images]!r}, min_agreement=1.01)")
     refused = subprocess.run([sys.executable, "-c", refuse], capture_output=True, text=True)
@@ -171,8 +161,9 @@ def test_openvino_int8_runs_pspnet_head_in_int8(tmp_path):
     # NNCF quantizing the pyramid's pooling products left the concatenation, and so the 3x3 head
     # convolution on it, in fp32 in OpenVINO's CPU plugin (56% of PSPNet's int8 time).
     pytest.importorskip("nncf")
-    ov = pytest.importorskip("openvino")
-    if "INT8" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    pytest.importorskip("openvino")
+    core = openvino_core()
+    if "INT8" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         pytest.skip("this CPU has no int8 kernels in OpenVINO")
     from semseg.inference.export import export
     from semseg.inference.quantize import quantize_openvino, shape_matmuls
@@ -182,10 +173,10 @@ def test_openvino_int8_runs_pspnet_head_in_int8(tmp_path):
     checkpoint = save_weights(model, tmp_path / "psp.safetensors", classes=["a", "b", "c"],
                               palette=[[0, 0, 0], [9, 9, 9], [99, 99, 99]], mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
     export(checkpoint, tmp_path / "psp.xml", fmt="openvino", check_sizes=((64, 64),))
-    fp32 = ov.Core().read_model(str(tmp_path / "psp.xml"))
+    fp32 = core.read_model(str(tmp_path / "psp.xml"))
     assert len(shape_matmuls(fp32)) == 8  # rows and columns of each of the 4 bins
     batches = [np.random.default_rng(i).standard_normal((1, 3, 64, 80)).astype(np.float32) for i in range(2)]
-    compiled = ov.Core().compile_model(quantize_openvino(fp32, batches), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core.compile_model(quantize_openvino(fp32, batches), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     head = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
             if op.get_friendly_name().endswith("classifier.1.0/Conv/WithoutBiases")]  # fmt: skip
     assert head == ["u8"]

@@ -18,6 +18,7 @@ the file's type, the device and what is installed.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -185,6 +186,22 @@ class OnnxRuntimeModel(Backend):
         return torch.from_numpy(self.session.run(None, {"image": x.detach().cpu().numpy()})[0])
 
 
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, shared by every OpenVINO model semseg reads or compiles.
+
+    Each Core loads its own CPU plugin, and the plugin (OpenVINO 2025-2026) swaps the calling
+    thread's alternate signal stack for one of its own when it loads and swaps the previous one
+    back when it is freed. Two Cores freed in the order they were made (two Predictors dropped
+    first-made first) leave the thread on the first one's stack, already unmapped: the next signal
+    Python handles there (Ctrl-C, a DataLoader worker's exit) kills the process with SIGSEGV. One
+    Core kept for the life of the process never unwinds out of order, and loads the plugin once.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
 def compile_openvino(model: Any) -> Any:
     """``model`` (an ``openvino.Model`` or a file OpenVINO reads) compiled for this CPU.
 
@@ -192,11 +209,9 @@ def compile_openvino(model: Any) -> Any:
     run in bfloat16, moving logits by ~1e-2 and flipping labels. Latency hint (one image at a
     time) and torch's thread count, so ``--threads`` means the same for every engine.
     """
-    import openvino as ov
-
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": torch.get_num_threads()}  # fmt: skip
-    return ov.Core().compile_model(model, "CPU", config)
+    return openvino_core().compile_model(model, "CPU", config)
 
 
 class OpenVinoModel(Backend):
@@ -209,13 +224,11 @@ class OpenVinoModel(Backend):
     engine = "openvino"
 
     def __init__(self, path: str | Path, *, metadata: dict[str, Any] | None = None) -> None:
-        import openvino as ov
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such {'ONNX' if path.suffix.lower() == '.onnx' else 'OpenVINO'} file: {path}")
         try:
-            model = ov.Core().read_model(str(path))
+            model = openvino_core().read_model(str(path))
         except RuntimeError as exc:
             raise ValueError(f"{path} is not a model OpenVINO can read ({openvino_reason(exc)}); "
                              "write one with `semseg export --format openvino`") from None  # fmt: skip

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from semseg.engine.checkpoint import load_model
-from semseg.inference.backends import META_KEYS, OpenVinoModel
+from semseg.inference.backends import META_KEYS, OpenVinoModel, openvino_core
 from semseg.pretrained import resolve_checkpoint
 
 FORMATS = ("onnx", "torchscript", "openvino")
@@ -132,7 +132,7 @@ def _export_openvino(model: torch.nn.Module, example: torch.Tensor, out: Path, m
     with tempfile.TemporaryDirectory() as tmp:
         onnx_file = Path(tmp) / "model.onnx"
         _export_onnx(model, example, onnx_file, {})
-        converted = ov.Core().read_model(str(onnx_file))
+        converted = openvino_core().read_model(str(onnx_file))
         for key, value in metadata.items():
             converted.set_rt_info(value, ["semseg", key])
         ov.save_model(converted, str(out), compress_to_fp16=False)

@@ -21,7 +21,7 @@ import torch
 
 from semseg.engine.checkpoint import infer_scale, read_metadata
 from semseg.engine.evaluate import resize_input
-from semseg.inference.backends import OnnxRuntimeModel, OpenVinoModel
+from semseg.inference.backends import OnnxRuntimeModel, OpenVinoModel, openvino_core
 from semseg.inference.export import export, openvino_path, staged
 from semseg.inference.predictor import MIN_SIZE, model_input, read_pixels
 
@@ -117,7 +117,7 @@ def quantize_openvino(model: Any, batches: Sequence[np.ndarray]) -> Any:
     and activations, except the matrix products in :func:`shape_matmuls`."""
     nncf, ov = _nncf_openvino()
     if isinstance(model, (str, Path)):
-        model = ov.Core().read_model(str(model))
+        model = openvino_core().read_model(str(model))
     _unique_names(model)  # NNCF's ignored scope goes by name
     quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                               ignored_scope=nncf.IgnoredScope(names=shape_matmuls(model)))  # fmt: skip
