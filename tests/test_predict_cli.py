@@ -360,6 +360,20 @@ class RunsOutOfMemory(torch.nn.Module):
         return torch.zeros(x.shape[0], 2, *x.shape[-2:])
 
 
+def test_an_output_path_taken_by_a_folder_skips_that_image_only(checkpoint, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "masks" / "0.png").mkdir(parents=True)  # where a/0.png's mask would go
+    code = main(["predict", str(checkpoint), str(images / "a" / "0.png"), str(images / "a" / "1.jpg"),
+                 "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["outputs"]) == [str(images / "a" / "1.jpg")] and (out / "masks" / "1.png").is_file()
+    reason = summary["failed"][str(images / "a" / "0.png")]
+    assert reason == (f"cannot write its output {out / 'masks' / '0.png'}: is a directory; "
+                      "move that away or choose another --out")
+    assert reason in capsys.readouterr().err
+
+
 def test_running_out_of_memory_skips_that_image_only(images, tmp_path):
     from semseg.inference import Predictor
     from semseg.inference.predict import predict_files

@@ -181,6 +181,10 @@ def _predict_share(predictor: Predictor, files: Sequence[Path], out: Path, faile
             h, w = image.shape[:2]
             failed[str(path)] = f"out of memory segmenting {path} ({w}x{h}); try a smaller --tile, e.g. --tile 512"
             continue
+        except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:  # this input's output path is taken
+            failed[str(path)] = (f"cannot write its output {exc.filename}: {exc.strerror.lower()}; "
+                                 "move that away or choose another --out")
+            continue
         written[str(path)] = f"{names[path]}.png"
     videos = predict_videos(predictor, [p for p in files if is_video(p)], out, failed=failed, progress=progress,
                             names=video_names)  # fmt: skip
