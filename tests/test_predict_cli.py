@@ -477,4 +477,4 @@ def test_an_out_that_is_a_file_is_refused_before_any_image_is_segmented(checkpoi
     for out in (blocker, blocker / "sub"):
         assert main(["predict", str(checkpoint), str(images / "a"), "--out", str(out), "--quiet"]) == 1
         err = capsys.readouterr().err.strip()
-        assert err == f"semseg predict: error: --out {out}: {blocker} is a file; choose a folder for the outputs"
+        assert err == f"semseg predict: error: --out {out}: {blocker} is a file; choose a folder"

@@ -94,8 +94,10 @@ def test_export_into_a_path_under_a_file_is_one_line(tmp_path):
     model = semseg.create_model("unet", num_classes=3, base_channels=4, depth=2)
     checkpoint = save_weights(model, tmp_path / "unet.safetensors", **META)
     (tmp_path / "a.png").write_bytes(b"x")
-    with pytest.raises(ValueError, match="a file stands where a folder of that path should be"):
-        export(checkpoint, tmp_path / "a.png" / "x.onnx", check_sizes=NEW_SIZES[:1])
+    out = tmp_path / "a.png" / "x.onnx"
+    with pytest.raises(ValueError) as refused:
+        export(checkpoint, out, check_sizes=NEW_SIZES[:1])
+    assert str(refused.value) == f"--out {out}: {tmp_path / 'a.png'} is a file; choose a folder"
 
 
 def test_export_writes_through_a_link_and_refuses_a_folder_up_front(tmp_path):

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from semseg.engine.checkpoint import load_training_state, read_metadata, save_training_state, save_weights
+from semseg.paths import check_folder
 
 WEIGHTS, STATE = "last.safetensors", "last.state.pt"
 NEXT_WEIGHTS, NEXT_STATE = "next.safetensors", "next.state.pt"
@@ -38,10 +39,8 @@ def prepare(out: Path, *, resume: bool, overwrite: bool) -> None:
         if overwrite:
             raise RunFolderError("--resume and --overwrite contradict each other; choose one")
         return
-    try:  # now, not when the first epoch's log is written
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise RunFolderError(f"out: {out} is a file or lies under one; choose a folder") from None
+    check_folder(out, f"out: {out}")
+    out.mkdir(parents=True, exist_ok=True)  # now, not when the first epoch's log is written
     if existing and not overwrite:
         raise RunFolderError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
                              "--overwrite to replace it, or choose another out: folder")  # fmt: skip

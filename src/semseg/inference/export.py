@@ -20,6 +20,7 @@ import torch
 
 from semseg.engine.checkpoint import load_model
 from semseg.inference.backends import META_KEYS, OpenVinoModel, openvino_core
+from semseg.paths import check_folder
 from semseg.pretrained import resolve_checkpoint
 
 FORMATS = ("onnx", "torchscript", "openvino")
@@ -91,10 +92,8 @@ def staged(out: Path, checkpoint: str | Path) -> Iterator[Path]:
     for target in files:
         if target == source:
             raise ValueError(f"--out {target} is the checkpoint being exported; write the export to another file")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"cannot write {out}: a file stands where a folder of that path should be") from None
+    check_folder(out.parent, f"--out {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=files[-1].parent, prefix=".semseg-export-") as tmp:
         path = Path(tmp) / out.name
         yield path

@@ -22,6 +22,7 @@ from semseg.data.base import ARRAY_SUFFIX, IMAGE_SUFFIXES
 from semseg.inference.pipeline import run_pipeline
 from semseg.inference.predictor import ImageTooLarge, Predictor
 from semseg.inference.raster import RasterError, is_streamed, merge_raster_parts, predict_raster
+from semseg.paths import check_folder
 from semseg.progress import progress_bar
 from semseg.visualize import cutout, overlay, palette_image
 
@@ -89,9 +90,7 @@ def predict_files(
     overlay video, since that is its only output.
     """
     out = Path(out)
-    blocker = next((p for p in (out, *out.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise ValueError(f"--out {out}: {blocker} is a file; choose a folder for the outputs")
+    check_folder(out, f"--out {out}")
     unknown = [c for c in cutout_classes if c not in predictor.classes]
     if unknown:
         raise ValueError(f"--cutout class(es) {', '.join(unknown)} not in the model's classes: {', '.join(predictor.classes)}")
