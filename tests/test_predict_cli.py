@@ -369,9 +369,28 @@ def test_an_output_path_taken_by_a_folder_skips_that_image_only(checkpoint, imag
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["outputs"]) == [str(images / "a" / "1.jpg")] and (out / "masks" / "1.png").is_file()
     reason = summary["failed"][str(images / "a" / "0.png")]
-    assert reason == (f"cannot write its output {out / 'masks' / '0.png'}: is a directory; "
+    assert reason == (f"cannot write its output {out / 'masks' / '0.png'}: it is a folder; "
                       "move that away or choose another --out")
+    assert not (out / "overlays" / "0.png").exists()  # nothing of an input is written when one of its paths is taken
     assert reason in capsys.readouterr().err
+
+
+def test_an_output_folder_that_is_a_file_or_a_broken_link_is_one_line_before_any_image(checkpoint, images, tmp_path,
+                                                                                       capsys):  # fmt: skip
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "overlays").write_text("x")
+    (out / "probs").symlink_to(tmp_path / "gone")
+    assert main(["predict", str(checkpoint), str(images / "a" / "1.jpg"), "--out", str(out), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == (f"semseg predict: error: --out {out}: {out / 'overlays'} is a file; "
+                                               "choose a folder")  # fmt: skip
+    assert not (out / "masks").exists()
+    assert main(["predict", str(checkpoint), str(images / "a" / "1.jpg"), "--out", str(out), "--quiet",
+                 "--no-overlay", "--probs"]) == 1  # fmt: skip
+    assert capsys.readouterr().err.strip().endswith(f"{out / 'probs'} is a broken link; choose a folder")
+    # Neither folder in use: the run goes ahead.
+    assert main(["predict", str(checkpoint), str(images / "a" / "1.jpg"), "--out", str(out), "--quiet",
+                 "--no-overlay"]) == 0  # fmt: skip
 
 
 def test_running_out_of_memory_skips_that_image_only(images, tmp_path):

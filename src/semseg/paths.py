@@ -1,18 +1,23 @@
 """Output folders: the one check, before anything is written, that a folder can be made where a
-command was told to write (a run's ``out:``, ``predict --out``, ``export --out``'s folder)."""
+command was told to write (a run's ``out:``, ``predict --out`` and its output folders, ``export
+--out``'s folder)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
 class NotAFolderError(ValueError):
-    """A file stands where an output folder, or one of its parents, should be."""
+    """A file (or a broken link) stands where an output folder, or one of its parents, should be."""
 
 
 def check_folder(folder: Path, what: str) -> None:
-    """Raise :class:`NotAFolderError` (``WHAT: FILE is a file; choose a folder``) if ``folder`` or one
-    of its parents is an existing file, so ``folder.mkdir(parents=True)`` would fail midway."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise NotAFolderError(f"{what}: {existing} is a file; choose a folder")
+    """Raise :class:`NotAFolderError` if ``folder`` or one of its parents is an existing file or a
+    broken link, so ``folder.mkdir(parents=True)`` would fail midway. The message starts with
+    ``what`` and names the path in the way: ``WHAT: PATH is a file; choose a folder``."""
+    existing = next((p for p in (folder, *folder.parents) if os.path.lexists(p)), None)
+    if existing is None or existing.is_dir():
+        return
+    kind = "a broken link" if existing.is_symlink() and not existing.exists() else "a file"
+    raise NotAFolderError(f"{what}: {existing} is {kind}; choose a folder")

@@ -308,7 +308,7 @@ def _state(epoch, history, best, optimizer, scheduler, scaler) -> dict[str, Any]
 
 
 # Recipe keys a resumed run may change: where things are and how often to look, not what is trained.
-# ``epochs`` may grow (the schedule stretches to the new total); the dataset may move (its classes are checked).
+# ``epochs`` may change (the schedule follows the new total from the next step); the dataset may move (its classes are checked).
 # ``amp`` may change with the device (bf16 on a CPU that has it, none on one without): the weights stay fp32.
 RESUMABLE_CHANGES = frozenset({
     "epochs", "out", "tensorboard", "device", "amp", "dist_timeout_s", "max_nonfinite", "val_every", "channels_last",

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -186,9 +187,11 @@ class OnnxRuntimeModel(Backend):
         return torch.from_numpy(self.session.run(None, {"image": x.detach().cpu().numpy()})[0])
 
 
-@functools.cache
+_CORE_LOCK = threading.Lock()
+
+
 def openvino_core() -> Any:
-    """The process's one ``openvino.Core``, shared by every OpenVINO model semseg reads or compiles.
+    """The process's one ``openvino.Core``, through which semseg reads and compiles every OpenVINO model.
 
     Each Core loads its own CPU plugin, and the plugin (OpenVINO 2025-2026) swaps the calling
     thread's alternate signal stack for one of its own when it loads and swaps the previous one
@@ -196,7 +199,14 @@ def openvino_core() -> Any:
     first-made first) leave the thread on the first one's stack, already unmapped: the next signal
     Python handles there (Ctrl-C, a DataLoader worker's exit) kills the process with SIGSEGV. One
     Core kept for the life of the process never unwinds out of order, and loads the plugin once.
+    (NNCF's int8 quantization makes and frees Cores of its own, in order, inside one call.)
     """
+    with _CORE_LOCK:  # two threads' first calls must not make two Cores
+        return _core()
+
+
+@functools.cache
+def _core() -> Any:
     import openvino as ov
 
     return ov.Core()

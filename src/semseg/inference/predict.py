@@ -8,6 +8,7 @@ GeoTIFFs, and TIFFs over ``max_pixels``, are streamed window by window to label 
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import time
@@ -99,6 +100,10 @@ def predict_files(
         raise ValueError(f"--cutout needs an RGB image to cut from; this model reads {predictor.bands} band(s) at "
                          "full precision, so it writes masks (and --probs) only")  # fmt: skip
     files, missing = expand_inputs(inputs, arrays=predictor.bands is not None)
+    used = ["masks", *(["overlays"] if overlays else []), *(["cutouts"] if keep else []), *(["probs"] if probs else []),
+            *(["videos"] if any(is_video(p) for p in files) else [])]  # fmt: skip
+    for folder in used:  # one line now, not the same failure for every input later
+        check_folder(out / folder, f"--out {out}")
     folders = {(out / folder).resolve() for folder in OUTPUT_FOLDERS}
     inside = next((p for p in files if {p.parent.resolve(), p.resolve().parent} & folders), None)  # link or target
     if inside is not None:  # checked before anything is written: an input is never overwritten or mixed with outputs
@@ -180,8 +185,8 @@ def _predict_share(predictor: Predictor, files: Sequence[Path], out: Path, faile
             h, w = image.shape[:2]
             failed[str(path)] = f"out of memory segmenting {path} ({w}x{h}); try a smaller --tile, e.g. --tile 512"
             continue
-        except (IsADirectoryError, NotADirectoryError, FileExistsError) as exc:  # this input's output path is taken
-            failed[str(path)] = (f"cannot write its output {exc.filename}: {exc.strerror.lower()}; "
+        except IsADirectoryError as exc:  # this input's output path is taken by a folder
+            failed[str(path)] = (f"cannot write its output {exc.filename}: it is a folder; "
                                  "move that away or choose another --out")
             continue
         written[str(path)] = f"{names[path]}.png"
@@ -286,11 +291,11 @@ def _predict_image(
     predictor: Predictor, image: np.ndarray, path: Path, out: Path, name: str, *,
     overlays: bool, keep: Sequence[int], probs: bool,
 ) -> None:  # fmt: skip
-    """Write the mask of ``image`` (as :meth:`Predictor.read` gave it) read from ``path`` (and its overlay, cut-out, probabilities)."""
+    """Write the mask of ``image`` (as :meth:`Predictor.read` gave it) read from ``path`` (and its overlay,
+    cut-out, probabilities). Raises ``IsADirectoryError`` before writing any of them if a folder stands
+    at one of their paths."""
     if probs:
         mask, probabilities = predictor(image, return_probs=True)
-        # float16 halves the file size; class probabilities need no more than ~3 significant digits
-        np.save(_target(out, "probs", f"{name}.npy"), probabilities.astype(np.float16))
     else:
         mask = predictor(image)
     pictures = {"masks": palette_image(mask, predictor.palette)}
@@ -298,8 +303,16 @@ def _predict_image(
         pictures["overlays"] = overlay(image, mask, predictor.palette)
     if keep:
         pictures["cutouts"] = cutout(image, mask, keep)
+    targets = {folder: _target(out, folder, f"{name}.png") for folder in pictures}
+    if probs:
+        targets["probs"] = _target(out, "probs", f"{name}.npy")
+    taken = next((t for t in targets.values() if t.is_dir()), None)
+    if taken is not None:
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(taken))
+    if probs:  # float16 halves the file size; class probabilities need no more than ~3 significant digits
+        np.save(targets["probs"], probabilities.astype(np.float16))
     for folder, picture in pictures.items():
-        picture.save(_target(out, folder, f"{name}.png"))
+        picture.save(targets[folder])
 
 
 def predict_videos(
