@@ -234,3 +234,45 @@ def test_a_mistyped_resume_folder_is_not_created(recipe, tmp_path, capsys):
     out = tmp_path / "typo" / "run"
     assert main(["train", str(recipe), f"--out={out}", "--resume", "--quiet"]) == 1
     assert "cannot resume" in capsys.readouterr().err and not (tmp_path / "typo").exists()
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_run_resumes(recipe, tmp_path, monkeypatch, capsys):
+    # torch.save on a full disk raises RuntimeError("basic_ios::clear: iostream error"): a traceback
+    # from deep inside torch, seen when /tmp filled up under a long run.
+    import shutil
+
+    from semseg.engine import checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), f"--out={out}", "--epochs=1", "--quiet"]) == 0
+    real_save = torch.save
+
+    def full(state, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(torch, "save", full)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda folder: usage._replace(free=1_200_000))
+    assert main(["train", str(recipe), f"--out={out}", "--epochs=2", "--resume", "--quiet"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"semseg train: error: no space left on the disk that holds {out} (1 MB free); free some space and run the "
+        "command again (a training run: --resume continues from its last saved epoch)")  # fmt: skip
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # the partial file is gone
+    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.undo()
+    assert main(["train", str(recipe), f"--out={out}", "--epochs=2", "--resume", "--quiet"]) == 0
+    assert [json.loads(line)["epoch"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_write_that_fails_with_space_left_keeps_its_own_error(tmp_path, monkeypatch):
+    from semseg.engine.checkpoint import save_training_state
+
+    def broken(state, path, *args, **kwargs):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="some other failure"):  # not put down to the disk: there is room
+        save_training_state(tmp_path / "s.pt", {"x": 1})
+    assert list(tmp_path.iterdir()) == []

@@ -7,11 +7,13 @@ predictor needs. safetensors never executes code on load, unlike a pickle.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -91,10 +93,39 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except Exception as exc:
+        full = _full_disk(path.parent, exc)
+        Path(tmp).unlink(missing_ok=True)
+        if full is not None:
+            raise full from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+class DiskFullError(OSError):
+    """A file could not be written because its disk is full (torch and safetensors say so in words of
+    their own, e.g. ``basic_ios::clear: iostream error``); the message says where and what to do."""
+
+
+LOW_SPACE = 64 * 2**20  # bytes: a failed write with less than this left is put down to a full disk
+
+
+def _full_disk(folder: Path, exc: Exception) -> DiskFullError | None:
+    """A :class:`DiskFullError` if the write that raised ``exc`` in ``folder`` ran out of disk space."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if getattr(exc, "errno", None) not in (errno.ENOSPC, errno.EDQUOT) and free >= LOW_SPACE:
+        return None
+    error = DiskFullError(f"no space left on the disk that holds {folder} ({free / 10**6:.0f} MB free); free some "
+                          "space and run the command again (a training run: --resume continues from its last "
+                          "saved epoch)")  # fmt: skip
+    error.errno = errno.ENOSPC
+    return error
 
 
 def _umask() -> int:
