@@ -93,14 +93,11 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except Exception as exc:
-        full = _full_disk(path.parent, exc)
+    except BaseException as exc:
+        full = _full_disk(path.parent, exc) if isinstance(exc, Exception) else None  # measured before the unlink
         Path(tmp).unlink(missing_ok=True)
         if full is not None:
             raise full from exc
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
     return path
 

@@ -91,7 +91,6 @@ def predict_files(
     overlay video, since that is its only output.
     """
     out = Path(out)
-    check_folder(out, f"--out {out}")
     unknown = [c for c in cutout_classes if c not in predictor.classes]
     if unknown:
         raise ValueError(f"--cutout class(es) {', '.join(unknown)} not in the model's classes: {', '.join(predictor.classes)}")
@@ -102,7 +101,7 @@ def predict_files(
     files, missing = expand_inputs(inputs, arrays=predictor.bands is not None)
     used = ["masks", *(["overlays"] if overlays else []), *(["cutouts"] if keep else []), *(["probs"] if probs else []),
             *(["videos"] if any(is_video(p) for p in files) else [])]  # fmt: skip
-    for folder in used:  # one line now, not the same failure for every input later
+    for folder in used:  # --out and the folders under it: one line now, not the same failure for every input later
         check_folder(out / folder, f"--out {out}")
     folders = {(out / folder).resolve() for folder in OUTPUT_FOLDERS}
     inside = next((p for p in files if {p.parent.resolve(), p.resolve().parent} & folders), None)  # link or target
