@@ -228,3 +228,42 @@ def test_predict_cli_writes_a_geotiff_for_a_geotiff(checkpoint, tmp_path, monkey
     assert main(args[:3] + ["--out", str(tmp_path / "o2"), "--quiet"]) == 1
     summary = json.loads((tmp_path / "o2" / "summary.json").read_text())
     assert "pip install 'semseg[geo]'" in summary["failed"][str(tmp_path / "scene.tif")]
+
+
+@pytest.mark.parametrize("folder", ["masks", "probs"])
+def test_a_geotiff_whose_output_path_is_a_folder_is_skipped_and_the_rest_written(checkpoint, tmp_path, folder):
+    write_tif(tmp_path / "scene.tif", random_rgb(40, 50).transpose(2, 0, 1))
+    Image.fromarray(random_rgb(30, 40, seed=1)).save(tmp_path / "photo.png")
+    out = tmp_path / "out"
+    (out / folder / "scene.tif").mkdir(parents=True)  # used to stop the whole run
+    args = ["predict", str(checkpoint), str(tmp_path / "scene.tif"), str(tmp_path / "photo.png"), "--out", str(out),
+            "--quiet", "--tile", "32", "--probs", "--backend", "torch"]  # fmt: skip
+    assert main(args) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["outputs"] == {str(tmp_path / "photo.png"): "photo.png"}
+    assert summary["failed"] == {str(tmp_path / "scene.tif"): f"cannot write its output {out / folder / 'scene.tif'}: "
+                                 "it is a folder; move that away or choose another --out"}  # fmt: skip
+    assert (out / folder / "scene.tif").is_dir() and not list((out / folder / "scene.tif").iterdir())
+    assert not (out / "masks" / "scene.tif").is_file()  # nothing of the raster is written
+
+
+def test_a_raster_shared_by_processes_whose_merged_output_is_a_folder_fails_on_every_rank(checkpoint, tmp_path,
+                                                                                         monkeypatch):  # fmt: skip
+    from semseg.inference import predict
+
+    write_tif(tmp_path / "scene.tif", random_rgb(40, 50).transpose(2, 0, 1))
+    out = tmp_path / "out"
+    (out / "masks" / "scene.tif").mkdir(parents=True)
+    gathered = []
+
+    def all_gather_object(outcomes, mine):  # rank 0 of 2, the other rank having succeeded
+        gathered.append(mine)
+        outcomes[:] = [mine, (None, False)]
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    predictor = Predictor.from_checkpoint(checkpoint, backend="torch", tile=32)
+    parts, why = predict._predict_raster_part(predictor, tmp_path / "scene.tif", out, "scene", probs=False, rank=0,
+                                              world_size=2)  # fmt: skip
+    assert why == (f"cannot write its output {out / 'masks' / 'scene.tif'}: it is a folder; "
+                   "move that away or choose another --out")
+    assert gathered == [(why, False)] and not list((out / "masks").glob(".scene.part*"))

@@ -168,6 +168,9 @@ def _predict_share(predictor: Predictor, files: Sequence[Path], out: Path, faile
         except (ImportError, RasterError) as exc:
             failed[str(path)] = str(exc)
             continue
+        except IsADirectoryError as exc:
+            failed[str(path)] = _taken(exc)
+            continue
         try:
             image = predictor.read(path, max_pixels=max_pixels)
         except ImageTooLarge as exc:
@@ -184,9 +187,8 @@ def _predict_share(predictor: Predictor, files: Sequence[Path], out: Path, faile
             h, w = image.shape[:2]
             failed[str(path)] = f"out of memory segmenting {path} ({w}x{h}); try a smaller --tile, e.g. --tile 512"
             continue
-        except IsADirectoryError as exc:  # this input's output path is taken by a folder
-            failed[str(path)] = (f"cannot write its output {exc.filename}: it is a folder; "
-                                 "move that away or choose another --out")
+        except IsADirectoryError as exc:
+            failed[str(path)] = _taken(exc)
             continue
         written[str(path)] = f"{names[path]}.png"
     videos = predict_videos(predictor, [p for p in files if is_video(p)], out, failed=failed, progress=progress,
@@ -219,9 +221,10 @@ def _predict_raster_part(predictor: Predictor, path: Path, out: Path, name: str,
     written: list[tuple[Path, Path | None]] = []
     why, fatal = None, None
     try:
-        _target(out, "masks", f"{name}.tif")  # the folders the parts are written into
-        if probs:
-            _target(out, "probs", f"{name}.tif")
+        for folder in ("masks", "probs") if probs else ("masks",):  # the folders the parts are written into
+            merged = _target(out, folder, f"{name}.tif")
+            if merged.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "Is a directory", str(merged))
         with import_rasterio().open(path) as src:
             bands = predictor.row_bands(src.height, src.width)
         shares = np.array_split(np.arange(len(bands)), world_size)
@@ -229,6 +232,8 @@ def _predict_raster_part(predictor: Predictor, path: Path, out: Path, name: str,
         if len(shares[rank]):
             rows = (bands[shares[rank][0]][0], bands[shares[rank][-1]][1])
             predict_raster(predictor, path, parts[rank][0], probs_target=parts[rank][1], rows=rows)
+    except IsADirectoryError as exc:
+        why = _taken(exc)
     except (ImportError, RasterError, ValueError, OSError, MemoryError) as exc:
         why = str(exc) or type(exc).__name__
     except Exception as exc:  # every process must reach the gather below, or the others would wait for it
@@ -270,6 +275,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is an allocation failure: NumPy's MemoryError, CUDA's OutOfMemoryError, or the
     RuntimeError of torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory")."""
     return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(exc)
+
+
+def _taken(exc: IsADirectoryError) -> str:
+    """Why an input was skipped when a folder stands at one of its output paths."""
+    return f"cannot write its output {exc.filename}: it is a folder; move that away or choose another --out"
 
 
 def _target(out: Path, folder: str, filename: str) -> Path:

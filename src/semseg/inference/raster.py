@@ -13,6 +13,7 @@ rasterio (GDAL's Python binding, which geospatial users already have) is optiona
 
 from __future__ import annotations
 
+import errno
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -104,6 +105,8 @@ def predict_raster(predictor: Predictor, source: str | Path, target: str | Path,
     for output in (target, probs_target):  # checked first: the clean-up of a failure would delete the input too
         if output is not None and output.resolve() == source.resolve():
             raise ValueError(f"{output} is the raster being read; write the labels to another file")
+        if output is not None and output.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(output))
     try:
         _stream(rasterio, predictor, source, target, probs_target, rows)
     except BaseException:  # a half-written raster would pass for a result
