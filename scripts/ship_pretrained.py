@@ -1,8 +1,10 @@
 """Turn a trained checkpoint into a model shipped inside semseg (``src/semseg/pretrained/``).
 
-    python scripts/ship_pretrained.py runs/ddrnet_23_slim_camvid_short/best.safetensors \\
-        --name camvid-ddrnet_23_slim --recipe configs/ddrnet_23_slim_camvid_short.yaml \\
-        --data camvid --root ../shared/data/camvid --card docs/model_card_camvid.md
+    python scripts/ship_pretrained.py runs/lraspp_camvid_8h_student/last.safetensors --name camvid-lraspp \\
+        --recipe configs/ddrnet_23_slim_camvid_8h_teacher.yaml configs/lraspp_camvid_8h_student.yaml \\
+        --data camvid --root ../shared/data/camvid --card docs/model_card_camvid_lraspp.md
+
+A distilled model names its teacher's recipe first: the reproduce command runs them in order.
 
 Drops the training-only auxiliary head (``aux: false`` in the shipped ``model_config``),
 stores every float tensor as fp16, then scores the *written* file on the validation split
@@ -43,7 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--name", required=True, help="camvid-<arch>: how users address it")
-    parser.add_argument("--recipe", required=True, help="the recipe that trained it (for the reproduce command)")
+    parser.add_argument("--recipe", required=True, nargs="+",
+                        help="the recipe that trained it (for the reproduce command); a distilled model's teacher's first")
     parser.add_argument("--data", required=True, help="dataset to score it on (its val split)")
     parser.add_argument("--root", default=None)
     parser.add_argument("--card", required=True, help="the model card in docs/")
@@ -52,7 +55,8 @@ def main() -> None:
     model, meta = shipped_model(args.checkpoint)
     file = f"{args.name}.safetensors"
     extra = {k: v for k, v in meta.items() if k != "model_config"}
-    path = save_weights(model, PRETRAINED_DIR / file, **extra, shipped_from=str(args.checkpoint), recipe=args.recipe)
+    path = save_weights(model, PRETRAINED_DIR / file, **extra, shipped_from=str(args.checkpoint),
+                        recipe=args.recipe[-1])
     size = path.stat().st_size
     print(f"wrote {path} ({size / 10**6:.2f} MB{', OVER the 10 MB limit' if size > SIZE_LIMIT else ''})")
 
@@ -66,7 +70,7 @@ def main() -> None:
     index = json.loads(index_path.read_text())
     entry = {"name": args.name, "file": file, "architecture": model.model_config["name"], "dataset": args.data,
              "classes": list(meta["classes"]), "val_mIoU": round(plain["mIoU"], 4),
-             "command": f"semseg train {args.recipe}", "card": args.card}  # fmt: skip
+             "command": " && ".join(f"semseg train {r}" for r in args.recipe), "card": args.card}  # fmt: skip
     index["models"] = [m for m in index["models"] if m["name"] != args.name] + [entry]
     index_path.write_text(json.dumps(index, indent=1) + "\n")
     print(f"updated {index_path}")

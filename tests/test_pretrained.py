@@ -38,7 +38,10 @@ def test_a_shipped_model_is_what_its_index_entry_says(model):
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     dtypes = {v["dtype"] for k, v in header.items() if k != "__metadata__"}
     assert dtypes <= {"F16", "I64"}, dtypes  # fp16 weights (integer BatchNorm counters aside)
-    assert 0.0 < model.val_mIoU < 1.0 and model.command.startswith("semseg train configs/")
+    assert 0.0 < model.val_mIoU < 1.0
+    for step in model.command.split(" && "):  # a distilled model's teacher's recipe comes first
+        assert step.startswith("semseg train configs/") and (REPO / step.removeprefix("semseg train ")).is_file(), step
+    assert meta["recipe"] == model.command.split(" && ")[-1].removeprefix("semseg train ")
     assert (REPO / model.card).is_file()
 
 
