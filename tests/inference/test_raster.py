@@ -244,16 +244,17 @@ def test_a_geotiff_whose_output_path_is_a_folder_is_skipped_and_the_rest_written
     assert summary["failed"] == {str(tmp_path / "scene.tif"): f"cannot write its output {out / folder / 'scene.tif'}: "
                                  "it is a folder; move that away or choose another --out"}  # fmt: skip
     assert (out / folder / "scene.tif").is_dir() and not list((out / folder / "scene.tif").iterdir())
-    assert not (out / "masks" / "scene.tif").is_file()  # nothing of the raster is written
+    assert not (out / "masks" / "scene.tif").is_file() and not (out / "probs" / "scene.tif").is_file()  # nothing of it
 
 
-def test_a_raster_shared_by_processes_whose_merged_output_is_a_folder_fails_on_every_rank(checkpoint, tmp_path,
-                                                                                         monkeypatch):  # fmt: skip
+@pytest.mark.parametrize("taken", ["masks/scene.tif", "probs/scene.tif", "masks/.scene.part0.tif"])
+def test_a_raster_shared_by_processes_whose_output_is_a_folder_fails_on_every_rank(checkpoint, tmp_path, monkeypatch,
+                                                                                  taken):  # fmt: skip
     from semseg.inference import predict
 
     write_tif(tmp_path / "scene.tif", random_rgb(40, 50).transpose(2, 0, 1))
     out = tmp_path / "out"
-    (out / "masks" / "scene.tif").mkdir(parents=True)
+    (out / taken).mkdir(parents=True)  # the merged labels or probabilities, or this rank's own part
     gathered = []
 
     def all_gather_object(outcomes, mine):  # rank 0 of 2, the other rank having succeeded
@@ -262,8 +263,12 @@ def test_a_raster_shared_by_processes_whose_merged_output_is_a_folder_fails_on_e
 
     monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
     predictor = Predictor.from_checkpoint(checkpoint, backend="torch", tile=32)
-    parts, why = predict._predict_raster_part(predictor, tmp_path / "scene.tif", out, "scene", probs=False, rank=0,
+    parts, why = predict._predict_raster_part(predictor, tmp_path / "scene.tif", out, "scene", probs=True, rank=0,
                                               world_size=2)  # fmt: skip
-    assert why == (f"cannot write its output {out / 'masks' / 'scene.tif'}: it is a folder; "
-                   "move that away or choose another --out")
-    assert gathered == [(why, False)] and not list((out / "masks").glob(".scene.part*"))
+    assert why == f"cannot write its output {out / taken}: it is a folder; move that away or choose another --out"
+    assert gathered == [(why, False)]  # reported to the other processes, not raised on this one alone
+    assert (out / taken).is_dir() and not [p for p in out.rglob(".scene.part*") if p.is_file()]
+    if taken.endswith("part0.tif"):  # found while writing: the parts were planned, none is left
+        assert parts[0] == (out / "masks" / ".scene.part0.tif", out / "probs" / ".scene.part0.tif")
+    else:  # found before anything was planned or written
+        assert parts == []

@@ -248,7 +248,7 @@ def _predict_raster_part(predictor: Predictor, path: Path, out: Path, name: str,
     why = next((w for w, _ in outcomes if w is not None), None)
     if why is not None:
         for part in parts[rank]:
-            if part is not None:
+            if part is not None and not part.is_dir():  # a folder in a part's place is what failed; it stays
                 part.unlink(missing_ok=True)
     return written, why
 
