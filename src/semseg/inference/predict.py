@@ -8,7 +8,6 @@ GeoTIFFs, and TIFFs over ``max_pixels``, are streamed window by window to label 
 
 from __future__ import annotations
 
-import errno
 import glob
 import json
 import time
@@ -23,7 +22,7 @@ from semseg.data.base import ARRAY_SUFFIX, IMAGE_SUFFIXES
 from semseg.inference.pipeline import run_pipeline
 from semseg.inference.predictor import ImageTooLarge, Predictor
 from semseg.inference.raster import RasterError, is_streamed, merge_raster_parts, predict_raster
-from semseg.paths import check_folder
+from semseg.paths import check_folder, check_not_folders
 from semseg.progress import progress_bar
 from semseg.visualize import cutout, overlay, palette_image
 
@@ -221,10 +220,9 @@ def _predict_raster_part(predictor: Predictor, path: Path, out: Path, name: str,
     written: list[tuple[Path, Path | None]] = []
     why, fatal = None, None
     try:
-        for folder in ("masks", "probs") if probs else ("masks",):  # the folders the parts are written into
-            merged = _target(out, folder, f"{name}.tif")
-            if merged.is_dir():
-                raise IsADirectoryError(errno.EISDIR, "Is a directory", str(merged))
+        # The folders the parts are written into, and the merged files rank 0 will write there.
+        folders = ("masks", "probs") if probs else ("masks",)
+        check_not_folders(*(_target(out, folder, f"{name}.tif") for folder in folders))
         with import_rasterio().open(path) as src:
             bands = predictor.row_bands(src.height, src.width)
         shares = np.array_split(np.arange(len(bands)), world_size)
@@ -315,9 +313,7 @@ def _predict_image(
     targets = {folder: _target(out, folder, f"{name}.png") for folder in pictures}
     if probs:
         targets["probs"] = _target(out, "probs", f"{name}.npy")
-    taken = next((t for t in targets.values() if t.is_dir()), None)
-    if taken is not None:
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(taken))
+    check_not_folders(*targets.values())
     if probs:  # float16 halves the file size; class probabilities need no more than ~3 significant digits
         np.save(targets["probs"], probabilities.astype(np.float16))
     for folder, picture in pictures.items():

@@ -13,7 +13,6 @@ rasterio (GDAL's Python binding, which geospatial users already have) is optiona
 
 from __future__ import annotations
 
-import errno
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -26,6 +25,7 @@ from PIL import Image
 
 from semseg.data.base import rgb_array
 from semseg.inference.predictor import ImageTooLarge, Predictor, open_image
+from semseg.paths import check_not_folders
 
 GEO_HINT = "reading and writing GeoTIFFs needs rasterio: pip install 'semseg[geo]'"
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -105,8 +105,7 @@ def predict_raster(predictor: Predictor, source: str | Path, target: str | Path,
     for output in (target, probs_target):  # checked first: the clean-up of a failure would delete the input too
         if output is not None and output.resolve() == source.resolve():
             raise ValueError(f"{output} is the raster being read; write the labels to another file")
-        if output is not None and output.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(output))
+    check_not_folders(target, probs_target)
     try:
         _stream(rasterio, predictor, source, target, probs_target, rows)
     except BaseException:  # a half-written raster would pass for a result
